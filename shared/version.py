@@ -1,0 +1,3 @@
+"""The version reported by /api/health and stamped on events."""
+
+VERSION = "0.1.0"
