@@ -59,7 +59,7 @@ def test_an_older_kid_still_decrypts_and_new_seals_use_the_primary() -> None:
 
 def test_an_unknown_kid_gives_a_clear_error_naming_the_kid() -> None:
     token = ring("retired").seal(b"secret", AAD)
-    with pytest.raises(DecryptionError, match="'retired'.*not in the key ring"):
+    with pytest.raises(DecryptionError, match=r"'retired'.*not in the key ring"):
         ring("current").open(token, AAD)
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import threading
@@ -145,13 +146,13 @@ def test_two_processes_never_hold_the_lease_at_once(
 ) -> None:
     rounds = 15
     outputs = [tmp_path / "a.json", tmp_path / "b.json"]
+    command = [sys.executable, "-c", WORKER, storage_settings.connection_string]
     procs = [
         spawn(
-            [sys.executable, "-c", WORKER, storage_settings.connection_string, name, str(rounds),
-             str(out)],
+            [*command, name, str(rounds), str(out)],
             env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
             log=tmp_path / f"{name}.log",
-        )  # fmt: skip
+        )
         for name, out in zip(("a", "b"), outputs, strict=True)
     ]
     for proc in procs:
@@ -160,5 +161,5 @@ def test_two_processes_never_hold_the_lease_at_once(
     assert counter is not None
     assert counter.data["n"] == 2 * rounds  # no lost update: the critical sections never overlapped
     spans = sorted(s for out in outputs for s in json.loads(out.read_text()))
-    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert end <= start

@@ -1,0 +1,1 @@
+"""./keysteward: the administrator's command line, talking to storage directly."""

@@ -1,0 +1,175 @@
+"""The admin CLI. It uses the app's own settings and talks to storage directly, so it works on an
+empty store (bootstrapping the first ``keys:admin`` key) and when the app is down.
+
+Output is for people by default; ``--json`` prints one JSON document for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from shared.apikeys import MAX_DAYS, SCOPES
+from shared.errors import KeystewardError
+from shared.runtime import Runtime
+from shared.settings import Settings
+
+Command = Callable[[argparse.Namespace, Runtime], Any]
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.removeprefix("export ").partition("=")
+        if not sep:
+            raise SystemExit(f"{path}:{number}: expected NAME=VALUE")
+        values[name.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def keys_create(args: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
+    key, secret = rt.api_keys.create(
+        name=args.name,
+        owner=args.owner,
+        scopes=args.scope,
+        resources=args.resource,
+        expires_in_days=args.days,
+        actor=_actor(),
+    )
+    return {**key.public(), "key": secret}
+
+
+def keys_list(args: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
+    return {"keys": [key.public() for key in rt.api_keys.list()]}
+
+
+def keys_regenerate(args: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
+    key, secret = rt.api_keys.regenerate(args.id, actor=_actor())
+    return {**key.public(), "key": secret}
+
+
+def keys_update(args: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    if args.name is not None:
+        changes["name"] = args.name
+    if args.resource:
+        changes["resources"] = args.resource
+    return rt.api_keys.update(args.id, changes, actor=_actor()).public()
+
+
+def keys_delete(args: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
+    rt.api_keys.delete(args.id, actor=_actor())
+    return {"deleted": args.id}
+
+
+def _print_key(data: dict[str, Any]) -> None:
+    print(f"{data['name']}  (id {data['id']})")
+    print(f"  owner      {data['owner'] or '-'}")
+    print(f"  scopes     {', '.join(data['scopes'])}")
+    print(f"  resources  {', '.join(data['resources'])}")
+    print(f"  expires    {data['expires_at']}")
+    if data.get("last_used_at"):
+        print(f"  last used  {data['last_used_at']}")
+    if "key" in data:
+        print(f"\n  {data['key']}\n\n  This is the only time the key is shown: store it now.")
+
+
+def _human(command: str, data: dict[str, Any]) -> None:
+    if command == "list":
+        keys = data["keys"]
+        if not keys:
+            print("no API keys")
+        rows = [("ID", "NAME", "SCOPES", "RESOURCES", "EXPIRES", "LAST USED")] + [
+            (k["id"], k["name"], ",".join(k["scopes"]), ",".join(k["resources"]),
+             k["expires_at"][:10], (k["last_used_at"] or "-")[:16])
+            for k in keys
+        ]  # fmt: skip
+        if keys:
+            widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+            for row in rows:
+                print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    elif command == "delete":
+        print(f"deleted API key {data['deleted']}: it no longer works")
+    else:
+        _print_key(data)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="keysteward",
+        description="Administer Keysteward directly against its storage, with the app's settings "
+        "(environment variables, or --env-file).",
+    )
+    top.add_argument("--env-file", type=Path, help="read settings from NAME=VALUE lines first")
+    areas = top.add_subparsers(dest="area", required=True, metavar="{keys}")
+    keys = areas.add_parser("keys", help="scoped API keys", description="Scoped API keys.")
+    verbs = keys.add_subparsers(dest="verb", required=True)
+
+    def verb(name: str, func: Command, help_: str) -> argparse.ArgumentParser:
+        sub = verbs.add_parser(name, help=help_, description=help_)
+        sub.add_argument("--json", action="store_true", help="print JSON for scripts")
+        sub.set_defaults(func=func)
+        return sub
+
+    create = verb("create", keys_create, "create a key; the key is printed once")
+    create.add_argument("--name", required=True, help="what the key is for")
+    create.add_argument(
+        "--scope", action="append", required=True, choices=SCOPES, metavar="SCOPE",
+        help=f"a scope to grant (repeat for more): {', '.join(SCOPES)}",
+    )  # fmt: skip
+    create.add_argument(
+        "--resource", action="append", required=True, metavar="GLOB",
+        help="an {app}/{user_id} glob the key may act on (repeat for more): '*', 'app-*/*', "
+        "'*/alice@contoso.com'",
+    )  # fmt: skip
+    create.add_argument(
+        "--days", type=int, default=MAX_DAYS, help=f"days until it expires, 1 to {MAX_DAYS}"
+    )
+    create.add_argument("--owner", default="", help="who answers for the key (free text)")
+    verb("list", keys_list, "list keys (never their secrets)")
+    regenerate = verb("regenerate", keys_regenerate, "new secret, same scopes, globs, expiry")
+    regenerate.add_argument("id")
+    update = verb("update", keys_update, "change a key's name or resource globs")
+    update.add_argument("id")
+    update.add_argument("--name")
+    update.add_argument("--resource", action="append", metavar="GLOB", help="replaces all globs")
+    delete = verb("delete", keys_delete, "delete a key: it stops working at once")
+    delete.add_argument("id")
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    env = dict(os.environ)
+    if args.env_file:
+        env.update(_env_file(args.env_file))
+    try:
+        runtime = Runtime.build(Settings.from_env(env))
+        data = args.func(args, runtime)
+    except KeystewardError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": exc.error, "message": exc.message}), file=sys.stderr)
+        else:
+            print(f"keysteward: {exc.message}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        _human(args.verb, data)
+    return 0

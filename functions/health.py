@@ -1,0 +1,26 @@
+"""GET /api/health: is Keysteward up, and can it reach Table Storage."""
+
+from __future__ import annotations
+
+import azure.functions as func
+
+from functions._blueprint import blueprint
+from functions._http import endpoint, json_response
+from shared.runtime import get_runtime
+from shared.version import VERSION
+
+bp = blueprint()
+
+
+@bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@endpoint
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    reachable = get_runtime().storage_reachable()
+    return json_response(
+        {
+            "status": "ok" if reachable else "degraded",
+            "version": VERSION,
+            "storage": "ok" if reachable else "unreachable",
+        },
+        status=200 if reachable else 503,
+    )

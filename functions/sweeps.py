@@ -1,0 +1,22 @@
+"""Timers: the nightly expiry sweep (schedule from KEYSTEWARD_EXPIRY_SWEEP_SCHEDULE)."""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+
+from functions._blueprint import blueprint
+from shared.runtime import get_runtime
+from shared.settings import get_settings
+
+bp = blueprint()
+log = logging.getLogger("keysteward.sweeps")
+
+
+@bp.timer_trigger(
+    arg_name="timer", schedule=get_settings().expiry_sweep_schedule, run_on_startup=False
+)
+def expiry_sweep(timer: func.TimerRequest) -> None:
+    report = get_runtime().expiry_sweep().run()
+    log.info("expiry sweep: %d checked, %d warned", report.checked, len(report.warned))

@@ -1,0 +1,99 @@
+"""The process's collaborators, built once from the settings and shared by every function.
+
+Functions ask for ``get_runtime()``; services take what they need from it explicitly, so tests can
+build their own with another clock, store or HTTP session.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import requests
+from azure.storage.queue import QueueServiceClient
+
+from shared.apikeys import ApiKeys
+from shared.audit import AuditLog
+from shared.clock import Clock, SystemClock
+from shared.crypto import KeyRing
+from shared.errors import StoreError
+from shared.events import EventPublisher
+from shared.expiry import ExpirySweep
+from shared.settings import Settings, get_settings
+from shared.storage import queue_service, table_service
+from shared.store import Store
+from shared.webhooks import WebhookSender
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    clock: Clock
+    store: Store
+    queues: QueueServiceClient
+    audit: AuditLog
+    events: EventPublisher
+    webhooks: WebhookSender | None
+    http: requests.Session
+    probe: Store
+    api_keys: ApiKeys
+
+    def expiry_sweep(self) -> ExpirySweep:
+        return ExpirySweep(self.store, self.api_keys, self.audit, self.events, self.clock)
+
+    def storage_reachable(self) -> bool:
+        """Whether Table Storage answers now, within a short timeout and without retries."""
+        try:
+            self.probe.ping()
+        except StoreError:
+            return False
+        return True
+
+    @classmethod
+    def build(cls, settings: Settings, clock: Clock | None = None) -> Runtime:
+        clock = clock or SystemClock()
+        logging.getLogger("keysteward").setLevel(settings.log_level)
+        store = Store(table_service(settings.storage), KeyRing(settings.encryption_keys))
+        queues = queue_service(settings.storage)
+        http = requests.Session()
+        webhooks = None
+        if settings.webhook_url and settings.webhook_secret:
+            webhooks = WebhookSender(
+                url=settings.webhook_url,
+                secret=settings.webhook_secret,
+                session=http,
+                clock=clock,
+                queues=queues,
+                retry_base_seconds=settings.webhook_retry_seconds,
+                max_attempts=settings.webhook_max_attempts,
+            )
+        audit = AuditLog(store, clock)
+        return cls(
+            settings=settings,
+            clock=clock,
+            store=store,
+            queues=queues,
+            audit=audit,
+            events=EventPublisher(
+                queues, clock, source=settings.public_url, webhook_enabled=webhooks is not None
+            ),
+            webhooks=webhooks,
+            http=http,
+            probe=Store(
+                table_service(settings.storage, retry_total=0, connection_timeout=2, read_timeout=3)
+            ),
+            api_keys=ApiKeys(store, audit, clock),
+        )
+
+
+_runtime: Runtime | None = None
+_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    global _runtime  # noqa: PLW0603 - one set of clients per process, reused across invocations
+    with _lock:
+        if _runtime is None:
+            _runtime = Runtime.build(get_settings())
+        return _runtime

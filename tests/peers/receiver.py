@@ -1,0 +1,100 @@
+"""A local webhook receiver: verifies Standard Webhooks signatures and records what arrived.
+
+It runs in a thread of the test process on 127.0.0.1 (a free port unless one is given) and can be
+told to answer 500 to the next N requests. A "down" receiver is just a port nobody listens on.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from shared.webhooks import WebhookVerificationError, verify
+from tests.peers.processes import free_port
+
+
+@dataclass(frozen=True)
+class Delivery:
+    headers: dict[str, str]
+    body: bytes
+    status: int  # what the receiver answered
+    reason: str = ""  # why it was rejected or failed
+
+    @property
+    def event(self) -> dict[str, Any]:
+        value = json.loads(self.body)
+        assert isinstance(value, dict)
+        return value
+
+
+class WebhookReceiver:
+    def __init__(self, secret: bytes, port: int | None = None, tolerance: int = 300) -> None:
+        self.secret = secret
+        self.port = port or free_port()
+        self.tolerance = tolerance
+        self.accepted: list[Delivery] = []
+        self.rejected: list[Delivery] = []  # bad signature or stale timestamp: 401
+        self.failed: list[Delivery] = []  # answered 500 on purpose
+        self._fail_next = 0
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/keysteward"
+
+    def fail_next(self, count: int) -> None:
+        """Answer 500 to the next ``count`` requests (before verifying them)."""
+        with self._lock:
+            self._fail_next = count
+
+    def start(self) -> WebhookReceiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status, _ = receiver._judge(dict(self.headers.items()), body)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # keep test output quiet
+
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        server.daemon_threads = True
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _judge(self, headers: dict[str, str], body: bytes) -> tuple[int, str]:
+        with self._lock:
+            if self._fail_next > 0:
+                self._fail_next -= 1
+                self.failed.append(Delivery(headers, body, 500, "told to fail"))
+                return 500, "told to fail"
+        try:
+            verify(self.secret, headers, body, now=int(time.time()), tolerance=self.tolerance)
+        except WebhookVerificationError as exc:
+            with self._lock:
+                self.rejected.append(Delivery(headers, body, 401, exc.message))
+            return 401, exc.message
+        with self._lock:
+            self.accepted.append(Delivery(headers, body, 204))
+        return 204, ""
