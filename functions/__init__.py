@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from functions import audit, health, keys, sweeps, webhooks
+from functions import audit, connect, connections, health, keys, sweeps, webhooks
+from shared.apps import load as load_apps
 from shared.settings import get_settings
 
-# Read and validate every setting now, so a misconfigured app fails at start-up naming the
-# setting, instead of on its first request.
-get_settings()
+# Read and validate every setting and the apps file now, so a misconfigured app fails at
+# start-up naming the setting or app, instead of on its first request.
+load_apps(get_settings())
 
-BLUEPRINTS: tuple[func.Blueprint, ...] = (health.bp, keys.bp, audit.bp, sweeps.bp, webhooks.bp)
+BLUEPRINTS: tuple[func.Blueprint, ...] = (
+    health.bp,
+    keys.bp,
+    connect.bp,
+    connections.bp,
+    audit.bp,
+    sweeps.bp,
+    webhooks.bp,
+)

@@ -8,12 +8,16 @@
     ├── Forbidden                403 forbidden
     ├── NotFound                 404 not_found
     ├── Conflict                 409 conflict
+    ├── Gone                     410 gone: revoked, never served again
     ├── StoreError               storage said no
     │   ├── ConcurrencyConflict  a conditional write lost a race (stale ETag)
     │   ├── AlreadyExists        an insert met an existing row
     │   └── StorageUnavailable   storage did not answer
-    └── CryptoError
-        └── DecryptionError      unknown kid, wrong key, or a ciphertext moved to another row
+    ├── CryptoError
+    │   └── DecryptionError      unknown kid, wrong key, or a ciphertext moved to another row
+    └── ProviderError            502: a provider answered with an OAuth error (``oauth_error``)
+        ├── GrantInvalid         424: the grant is dead (invalid_grant and kin): consent again
+        └── ProviderUnavailable  503: network error, timeout, 5xx, 429 (``retry_after``)
 
 Messages are written for humans and never contain secret values.
 """
@@ -63,6 +67,11 @@ class Conflict(KeystewardError):
     status = 409
 
 
+class Gone(KeystewardError):
+    error = "gone"
+    status = 410
+
+
 class StoreError(KeystewardError):
     error = "storage_error"
     status = 503
@@ -89,3 +98,38 @@ class CryptoError(KeystewardError):
 
 class DecryptionError(CryptoError):
     error = "decryption_failed"
+
+
+class ProviderError(KeystewardError):
+    """A provider refused; ``oauth_error`` is its RFC 6749 error code (or the nearest we know)."""
+
+    error = "provider_error"
+    status = 502
+
+    def __init__(
+        self, message: str, *, oauth_error: str = "server_error", http_status: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.oauth_error = oauth_error
+        self.http_status = http_status
+
+
+class GrantInvalid(ProviderError):
+    error = "needs_reauth"
+    status = 424
+
+
+class ProviderUnavailable(ProviderError):
+    error = "provider_unavailable"
+    status = 503
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        oauth_error: str = "temporarily_unavailable",
+        http_status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, oauth_error=oauth_error, http_status=http_status)
+        self.retry_after = retry_after

@@ -14,9 +14,14 @@ import requests
 from azure.storage.queue import QueueServiceClient
 
 from shared.apikeys import ApiKeys
+from shared.apps import Apps
+from shared.apps import load as load_apps
 from shared.audit import AuditLog
 from shared.clock import Clock, SystemClock
+from shared.connect import Connect
+from shared.connections import ConnectionStore
 from shared.crypto import KeyRing
+from shared.drivers import Drivers
 from shared.errors import StoreError
 from shared.events import EventPublisher
 from shared.expiry import ExpirySweep
@@ -38,6 +43,10 @@ class Runtime:
     http: requests.Session
     probe: Store
     api_keys: ApiKeys
+    apps: Apps
+    drivers: Drivers
+    connections: ConnectionStore
+    connect: Connect
 
     def expiry_sweep(self) -> ExpirySweep:
         return ExpirySweep(self.store, self.api_keys, self.audit, self.events, self.clock)
@@ -69,21 +78,37 @@ class Runtime:
                 max_attempts=settings.webhook_max_attempts,
             )
         audit = AuditLog(store, clock)
+        events = EventPublisher(
+            queues, clock, source=settings.public_url, webhook_enabled=webhooks is not None
+        )
+        apps = load_apps(settings)
+        drivers = Drivers(http, clock)
         return cls(
             settings=settings,
             clock=clock,
             store=store,
             queues=queues,
             audit=audit,
-            events=EventPublisher(
-                queues, clock, source=settings.public_url, webhook_enabled=webhooks is not None
-            ),
+            events=events,
             webhooks=webhooks,
             http=http,
             probe=Store(
                 table_service(settings.storage, retry_total=0, connection_timeout=2, read_timeout=3)
             ),
             api_keys=ApiKeys(store, audit, clock),
+            apps=apps,
+            drivers=drivers,
+            connections=ConnectionStore(store),
+            connect=Connect(
+                store=store,
+                apps=apps,
+                drivers=drivers,
+                audit=audit,
+                events=events,
+                clock=clock,
+                public_url=settings.public_url,
+                allowed_return_urls=settings.allowed_return_urls,
+            ),
         )
 
 

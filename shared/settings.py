@@ -89,6 +89,8 @@ class Settings:
     refresh_schedule: str = DEFAULT_REFRESH_SCHEDULE
     expiry_sweep_schedule: str = DEFAULT_EXPIRY_SWEEP_SCHEDULE
     log_level: str = "INFO"
+    # The environment as read at start-up, for the apps file's ${NAME} secret references.
+    environment: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -128,6 +130,7 @@ class Settings:
             expiry_sweep_schedule=_schedule(EXPIRY_SWEEP_SCHEDULE, get(EXPIRY_SWEEP_SCHEDULE))
             or DEFAULT_EXPIRY_SWEEP_SCHEDULE,
             log_level=_log_level(get(LOG_LEVEL)),
+            environment=dict(env),
         )
 
 

@@ -16,6 +16,7 @@ from shared.settings import StorageSettings
 from shared.storage import queue_service, table_service
 from shared.store import Store
 from tests.peers.azurite import Azurite, start_azurite
+from tests.peers.world import World, running_world
 
 
 @pytest.fixture(scope="session")
@@ -90,3 +91,10 @@ def app_env(azurite: Azurite, key_ring_spec: str) -> dict[str, str]:
         }
     )
     return env
+
+
+@pytest.fixture(scope="module")
+def world(app_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """Keysteward on devhost with real OAuth peers and fakes (tests/peers/world.py)."""
+    with running_world(app_env, tmp_path_factory.mktemp("world")) as running:
+        yield running

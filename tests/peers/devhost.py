@@ -33,9 +33,14 @@ class DevHost:
 
 
 def start_devhost(
-    env: Mapping[str, str], log: Path, *, args: tuple[str, ...] = (), wait_healthy: bool = True
+    env: Mapping[str, str],
+    log: Path,
+    *,
+    args: tuple[str, ...] = (),
+    wait_healthy: bool = True,
+    port: int | None = None,
 ) -> DevHost:
-    host = DevHost(free_port(), log)
+    host = DevHost(port or free_port(), log)
     host.proc = spawn(
         [sys.executable, "-m", "devhost", "--port", str(host.port), *args], env=env, log=log
     )

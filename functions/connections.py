@@ -1,0 +1,51 @@
+"""Connections metadata (``connections:read``): never a secret, always within the key's globs."""
+
+from __future__ import annotations
+
+import azure.functions as func
+
+from functions._auth import authorized
+from functions._blueprint import blueprint
+from functions._http import endpoint, json_response
+from shared.apikeys import Principal
+from shared.connections import Connection, Status
+from shared.errors import InputError
+from shared.runtime import get_runtime
+
+bp = blueprint()
+READ = "connections:read"
+
+
+@bp.route(route="connections", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@endpoint
+@authorized(READ)
+def list_connections(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
+    app, user_id, status = (req.params.get(n) or None for n in ("app", "user_id", "status"))
+    if status is not None and status not in {s.value for s in Status}:
+        raise InputError(f"'status' must be one of {', '.join(s.value for s in Status)}")
+    connections = get_runtime().connections
+    found: list[Connection]
+    if app and user_id:
+        one = connections.find(app, user_id)
+        found = [one] if one else []
+    elif app:
+        found = connections.of_app(app)
+    elif user_id:
+        found = connections.of_user(user_id)
+    else:
+        found = connections.all()
+    visible = [
+        c.public()
+        for c in found
+        if principal.covers(c.app, c.user_id) and (status is None or c.status == status)
+    ]
+    return json_response({"connections": visible})
+
+
+@bp.route(route="connections/{app}/{user_id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@endpoint
+@authorized(READ)
+def get_connection(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
+    app, user_id = req.route_params["app"], req.route_params["user_id"]
+    principal.require_resource(READ, app, user_id)
+    return json_response(get_runtime().connections.get(app, user_id).public())

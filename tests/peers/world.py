@@ -1,0 +1,202 @@
+"""A running Keysteward with real peers around it: the devhost serving function_app.py, a real
+oidc-provider over http (the ``oidc`` driver) and over https under /op (the ``entra`` driver
+through MSAL), the PagerDuty and legacy Azure DevOps OAuth fakes, an apps file wiring them, and a
+``keys:admin`` key to call it with."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import requests
+import yaml
+
+from devhost.oidc import OidcClient, OidcServer
+from shared.apikeys import SCOPES, ApiKeys
+from shared.audit import AuditLog
+from shared.clock import SystemClock
+from shared.crypto import KeyRing
+from shared.settings import Settings
+from shared.storage import table_service
+from shared.store import Store
+from tests.fakes.azure_devops_oauth import AzureDevOpsApp, AzureDevOpsOAuthFake
+from tests.fakes.pagerduty import PagerDutyApp, PagerDutyFake
+from tests.peers.devhost import DevHost, start_devhost
+from tests.peers.processes import free_port
+
+SECRETS = {
+    "OIDC_DEMO_SECRET": "oidc-demo-client-secret-0123456789",
+    "ENTRA_DEMO_SECRET": "entra-demo-client-secret-0123456789",
+    "PD_CLIENT_SECRET": "pd-client-secret-0123456789abcdef",
+    "ADO_CLIENT_SECRET": "ado-app-secret-0123456789abcdefghijklmnop",
+}
+PD_CLIENT_ID = "pd-client-id"
+ADO_CLIENT_ID = "6b9c2f1e-4a3d-4c55-9f0e-2d1b7a8c9e01"
+RETURN_URL = "https://portal.example.com/connected"
+
+
+@dataclass
+class World:
+    devhost: DevHost
+    oidc: OidcServer
+    entra_op: OidcServer
+    pagerduty: PagerDutyFake
+    ado: AzureDevOpsOAuthFake
+    store: Store
+    admin_key: str
+    keys: ApiKeys
+    env: dict[str, str]
+    http: requests.Session = field(default_factory=requests.Session)
+
+    def api(self, path: str) -> str:
+        return self.devhost.api(path)
+
+    def call(
+        self, method: str, path: str, key: str | None = None, **kwargs: Any
+    ) -> requests.Response:
+        headers = dict(kwargs.pop("headers", {}))
+        headers.setdefault("Authorization", f"Bearer {key or self.admin_key}")
+        return self.http.request(method, self.api(path), headers=headers, timeout=30, **kwargs)
+
+    def key(self, scopes: list[str], resources: list[str], **extra: Any) -> str:
+        return self.keys.create(name="test", scopes=scopes, resources=resources, actor="test",
+                                **extra)[1]  # fmt: skip
+
+    def connect_link(self, app: str, user_id: str, return_to: str | None = None) -> str:
+        body: dict[str, Any] = {"app": app, "user_id": user_id}
+        if return_to:
+            body["return_to"] = return_to
+        response = self.call("POST", "connect-sessions", json=body)
+        assert response.status_code == 201, response.text
+        return str(response.json()["url"])
+
+    def authorize_url(self, link: str) -> str:
+        """Open the link as a browser would; the provider URL Keysteward redirects to."""
+        response = self.http.get(link, allow_redirects=False, timeout=30)
+        assert response.status_code == 302, response.text
+        return response.headers["Location"]
+
+    def consent(self, app: str, authorize_url: str, account: str) -> str:
+        """The provider's redirect back to Keysteward, after the user consents."""
+        if app == "oidc-demo":
+            return self.oidc.login_and_consent(authorize_url, account=account)
+        if app == "entra-demo":
+            return self.entra_op.login_and_consent(authorize_url, account=account)
+        if app.startswith("pagerduty"):
+            return self.pagerduty.authorize_redirect(authorize_url)
+        return self.ado.authorize_redirect(authorize_url)
+
+    def connect(self, app: str, user_id: str, account: str | None = None) -> requests.Response:
+        """The whole flow; the callback's response."""
+        authorize = self.authorize_url(self.connect_link(app, user_id))
+        callback = self.consent(app, authorize, account or user_id)
+        return self.http.get(callback, allow_redirects=False, timeout=30)
+
+
+def state_of(url: str) -> str:
+    return parse_qs(urlsplit(url).query)["state"][0]
+
+
+def _ca_bundle(extra: Path, directory: Path) -> Path:
+    """The machine's CA bundle plus the test server's self-signed certificate."""
+    system = Path(os.environ.get("REQUESTS_CA_BUNDLE") or "/etc/ssl/certs/ca-certificates.crt")
+    bundle = directory / "ca-bundle.pem"
+    bundle.write_text((system.read_text() if system.exists() else "") + "\n" + extra.read_text())
+    return bundle
+
+
+@contextmanager
+def running_world(base_env: dict[str, str], directory: Path) -> Iterator[World]:
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+
+    def callback(app: str) -> str:
+        return f"{public}/api/oauth/{app}/callback"
+
+    with ExitStack() as stack:
+        oidc = OidcServer(
+            directory / "oidc",
+            clients=[OidcClient("oidc-demo-client", SECRETS["OIDC_DEMO_SECRET"],
+                                [callback("oidc-demo")])],
+        ).start()  # fmt: skip
+        stack.callback(oidc.stop)
+        entra_op = OidcServer(
+            directory / "entra",
+            https=True,
+            mount_path="/op",
+            clients=[OidcClient("entra-demo-client", SECRETS["ENTRA_DEMO_SECRET"],
+                                [callback("entra-demo")])],
+        ).start()  # fmt: skip
+        stack.callback(entra_op.stop)
+        pagerduty = PagerDutyFake(
+            [PagerDutyApp(PD_CLIENT_ID, SECRETS["PD_CLIENT_SECRET"],
+                          callback("pagerduty-incidents")),
+             PagerDutyApp(f"{PD_CLIENT_ID}-2", SECRETS["PD_CLIENT_SECRET"],
+                          callback("pagerduty-bad-scope"))],
+            scopes=["incidents.read", "incidents.write", "services.read", "users.read"],
+        ).start()  # fmt: skip
+        stack.callback(pagerduty.stop)
+        ado = AzureDevOpsOAuthFake(
+            AzureDevOpsApp(ADO_CLIENT_ID, SECRETS["ADO_CLIENT_SECRET"], callback("ado-legacy"),
+                           allow_http_loopback=True),
+        ).start()  # fmt: skip
+        stack.callback(ado.stop)
+        apps = {
+            "apps": {
+                "oidc-demo": {
+                    "provider": "oidc", "issuer": oidc.issuer, "client_id": "oidc-demo-client",
+                    "client_secret": "${OIDC_DEMO_SECRET}",
+                    "scopes": ["openid", "offline_access", "api.read"],
+                },
+                "entra-demo": {
+                    "provider": "entra", "oidc_authority": entra_op.issuer,
+                    "client_id": "entra-demo-client", "client_secret": "${ENTRA_DEMO_SECRET}",
+                    "scopes": ["api.read"], "prompt": "consent",
+                },
+                "pagerduty-incidents": {
+                    "provider": "pagerduty", "client_id": PD_CLIENT_ID,
+                    "client_secret": "${PD_CLIENT_SECRET}",
+                    "authorize_url": f"{pagerduty.url}/oauth/authorize",
+                    "token_url": f"{pagerduty.url}/oauth/token",
+                    "revoke_url": f"{pagerduty.url}/oauth/revoke",
+                    "scopes": ["incidents.read", "services.read"],
+                },
+                "pagerduty-bad-scope": {
+                    "provider": "pagerduty", "client_id": f"{PD_CLIENT_ID}-2",
+                    "client_secret": "${PD_CLIENT_SECRET}",
+                    "authorize_url": f"{pagerduty.url}/oauth/authorize",
+                    "token_url": f"{pagerduty.url}/oauth/token",
+                    "scopes": ["incidents.read", "no.such.scope"],
+                },
+                "ado-legacy": {
+                    "provider": "azure-devops-oauth", "client_id": ADO_CLIENT_ID,
+                    "client_secret": "${ADO_CLIENT_SECRET}",
+                    "authorize_url": f"{ado.url}/oauth2/authorize",
+                    "token_url": f"{ado.url}/oauth2/token",
+                    "scopes": ["vso.work", "vso.code"],
+                },
+            }
+        }  # fmt: skip
+        apps_file = directory / "apps.yaml"
+        apps_file.write_text(yaml.safe_dump(apps))
+        assert entra_op.ca_file is not None
+        env = {
+            **base_env,
+            **SECRETS,
+            "KEYSTEWARD_APPS_FILE": str(apps_file),
+            "KEYSTEWARD_PUBLIC_URL": public,
+            "KEYSTEWARD_ALLOWED_RETURN_URLS": RETURN_URL,
+            "REQUESTS_CA_BUNDLE": str(_ca_bundle(entra_op.ca_file, directory)),
+        }
+        host = start_devhost(env, directory / "devhost.log", port=port)
+        stack.callback(host.stop)
+        settings = Settings.from_env(env)
+        store = Store(table_service(settings.storage), KeyRing(settings.encryption_keys))
+        keys = ApiKeys(store, AuditLog(store, SystemClock()), SystemClock())
+        _, admin = keys.create(name="admin", scopes=list(SCOPES), resources=["*"], actor="test")
+        yield World(host, oidc, entra_op, pagerduty, ado, store, admin, keys, env)

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shared import apps, catalogue
+from shared.errors import SettingsError
+
+ENV = {"PD_ID": "pd-client", "PD_SECRET": "pd-secret-value", "ADO_SECRET": "ado-secret"}
+
+
+def parse(spec: dict[str, Any], env: dict[str, str] = ENV) -> apps.Apps:
+    return apps.parse({"apps": spec}, env)
+
+
+PAGERDUTY = {
+    "provider": "pagerduty",
+    "client_id": "${PD_ID}",
+    "client_secret": "${PD_SECRET}",
+    "scopes": ["incidents.read", "services.read"],
+}
+
+
+def test_the_catalogue_has_the_four_providers_and_validates() -> None:
+    providers = catalogue.providers()
+    assert set(providers) == {"oidc", "entra", "azure-devops-oauth", "pagerduty"}
+    assert providers["oidc"].discovery
+    assert providers["oidc"].pkce
+    assert providers["pagerduty"].pkce
+    assert providers["pagerduty"].revocation == "optional"
+    assert not providers["azure-devops-oauth"].pkce
+    assert providers["entra"].driver == "msal"
+    assert providers["entra"].keepalive_days == 90
+    assert providers["pagerduty"].keepalive_days == 30
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"driver": "soap"}, "driver must be one of"),
+        ({"pkce": "plain"}, "pkce must be S256 or none"),
+        ({"refresh_margin": "5m"}, "refresh_margin"),
+        ({"colour": "blue"}, "unknown field"),
+        ({"discovery": False, "token_url": None}, "needs discovery or a token_url"),
+    ],
+)
+def test_a_bad_catalogue_entry_is_named(change: dict[str, Any], message: str) -> None:
+    data = yaml.safe_load(catalogue.CATALOGUE.read_text())
+    data["providers"]["oidc"].update(change)
+    data["providers"]["oidc"] = {
+        k: v for k, v in data["providers"]["oidc"].items() if v is not None
+    }
+    with pytest.raises(SettingsError, match=f"provider 'oidc'.*{message}"):
+        catalogue.parse(data)
+
+
+def test_an_app_resolves_its_references_and_hides_its_secret() -> None:
+    app = parse({"pagerduty-incidents": PAGERDUTY}).get("pagerduty-incidents")
+    assert app.client_id == "pd-client"
+    assert app.client_secret.reveal() == "pd-secret-value"
+    assert "pd-secret-value" not in repr(app)
+    assert app.scopes == ("incidents.read", "services.read")
+    assert app.provider.name == "pagerduty"
+
+
+def test_an_entra_app_builds_its_authority_from_the_tenant() -> None:
+    app = parse(
+        {"ado-pats": {"provider": "entra", "client_id": "c", "client_secret": "${PD_SECRET}",
+                      "tenant": "contoso.onmicrosoft.com",
+                      "scopes": ["499b84ac-1321-427f-aa17-267ca6975798/.default"]}}
+    ).get("ado-pats")  # fmt: skip
+    assert app.authority == "https://login.microsoftonline.com/contoso.onmicrosoft.com"
+
+
+@pytest.mark.parametrize(
+    ("app_id", "change", "message"),
+    [
+        ("pd", {"client_secret": "literal-secret"}, "'client_secret' must be an environment"),
+        ("pd", {"client_secret": "${MISSING}"}, r"refers to \$\{MISSING\}, not set"),
+        ("pd", {"client_id": "${NOPE}"}, "client_id"),
+        ("pd", {"provider": "github"}, "'provider' must be one of"),
+        ("pd", {"scopes": []}, "'scopes'"),
+        ("pd", {"scopes": ["a b"]}, "'scopes'"),
+        ("pd", {"token_url": "not a url"}, "'token_url' must be an absolute URL"),
+        ("pd", {"colour": "blue"}, "unknown field"),
+        ("pd", {"client_secret_expires_at": "soon"}, "client_secret_expires_at"),
+        ("Bad_Id", {}, "slug"),
+        ("oidc-app", {"provider": "oidc"}, "needs 'issuer'"),
+        ("entra-app", {"provider": "entra"}, "needs 'tenant'"),
+    ],
+)
+def test_a_bad_app_is_refused_naming_the_app_and_field(
+    app_id: str, change: dict[str, Any], message: str
+) -> None:
+    spec = {**PAGERDUTY, **change}
+    with pytest.raises(SettingsError, match=f"app '{app_id}'.*{message}"):
+        parse({app_id: spec})
+
+
+def test_the_secret_value_never_appears_in_an_error() -> None:
+    with pytest.raises(SettingsError) as caught:
+        parse({"pd": {**PAGERDUTY, "client_secret": "sup3r-s3cret-literal"}})
+    assert "sup3r-s3cret-literal" not in str(caught.value)
+
+
+def test_the_example_apps_file_is_valid(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[1] / "apps.example.yaml"
+    data = yaml.safe_load(example.read_text())
+    names = {
+        ref[2:-1]
+        for spec in data["apps"].values()
+        for ref in (spec["client_secret"], spec["client_id"])
+        if ref.startswith("${")
+    }
+    loaded = apps.parse(data, dict.fromkeys(names, "x"))
+    assert {a.provider.name for a in loaded.all()} == {
+        "oidc", "entra", "azure-devops-oauth", "pagerduty",
+    }  # fmt: skip
