@@ -259,7 +259,11 @@ class OidcServer:
         *,
         log: Path | None = None,
     ) -> OidcServer:
-        """The `make run` server: https under /op, client keysteward-demo, secret kept on disk."""
+        """The `make run` server: client keysteward-demo, its secret kept on disk.
+
+        Plain http on 127.0.0.1, so a newcomer's browser walks the flow without a certificate
+        warning (the ``oidc`` driver needs no TLS; only MSAL does).
+        """
         state_dir.mkdir(parents=True, exist_ok=True)
         secret_file = state_dir / "demo-client-secret"
         if not secret_file.exists():
@@ -272,8 +276,6 @@ class OidcServer:
             clients=[client],
             scopes=DEMO_SCOPES,
             port=port,
-            https=True,
-            mount_path="/op",
             log=log,
         )
 

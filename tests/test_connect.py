@@ -215,8 +215,8 @@ def test_consenting_again_after_needs_reauth_recovers(world: World) -> None:
 
 def test_connect_sessions_check_the_keys_globs(world: World) -> None:
     key = world.key(["connections:write"], ["pagerduty-*/*"])
-    allowed = world.call("POST", "connect-sessions", key,
-                         json={"app": "pagerduty-incidents", "user_id": "g@contoso.com"})  # fmt: skip
+    body = {"app": "pagerduty-incidents", "user_id": "g@contoso.com"}
+    allowed = world.call("POST", "connect-sessions", key, json=body)
     assert allowed.status_code == 201
     refused = world.call("POST", "connect-sessions", key,
                          json={"app": "oidc-demo", "user_id": "g@contoso.com"})  # fmt: skip

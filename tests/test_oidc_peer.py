@@ -435,7 +435,7 @@ def test_demo_server_keeps_its_client_secret(tmp_path: Path) -> None:
     assert client.client_id == "keysteward-demo"
     assert OidcServer.demo(tmp_path, free_port(), REDIRECT_URI).clients == [client]
     with demo:
-        assert demo.issuer == f"https://127.0.0.1:{demo.port}/op"
+        assert demo.issuer == f"http://127.0.0.1:{demo.port}"
         assert demo.discovery()["issuer"] == demo.issuer
         tokens = connect(demo, client=client)
         assert set(tokens["scope"].split()) == {"openid", "offline_access", "api.read"}
