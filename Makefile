@@ -6,9 +6,9 @@ PY := $(VENV)/bin/python
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: setup run test lint typecheck unit clean
+.PHONY: setup chromium run test lint typecheck unit clean
 
-setup: $(PY_STAMP) $(NODE_STAMP)
+setup: $(PY_STAMP) $(NODE_STAMP) chromium
 
 $(PY_STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,17 @@ $(PY_STAMP): requirements.txt requirements-dev.txt
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+## chromium: Debian's Chromium for the browser test (tests/test_browser.py drives /usr/bin/chromium
+## through Playwright; `playwright install` downloads browsers and fails here, so never run it)
+CHROMIUM := /usr/bin/chromium
+chromium:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" -eq 0 ]; then sudo=; \
+	  elif command -v sudo >/dev/null 2>&1; then sudo=sudo; \
+	  else echo "$(CHROMIUM) is missing: install Debian's chromium package as root" >&2; exit 1; fi; \
+	  $$sudo apt-get update && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
 
 ## make run: Azurite + devhost on http://127.0.0.1:7071 with the embedded dev defaults; Ctrl-C stops all
 run: setup

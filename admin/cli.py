@@ -32,6 +32,8 @@ def _actor() -> str:
 
 def _env_file(path: Path) -> dict[str, str]:
     values: dict[str, str] = {}
+    if not path.is_file():
+        raise SystemExit(f"keysteward: --env-file {path}: no such file")
     for number, raw in enumerate(path.read_text().splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):

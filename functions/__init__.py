@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from functions import audit, connect, connections, health, keys, sweeps, webhooks
+from functions import audit, connect, connections, health, keys, refresh, sweeps, tokens, webhooks
 from shared.apps import load as load_apps
 from shared.settings import get_settings
 
@@ -17,6 +17,8 @@ BLUEPRINTS: tuple[func.Blueprint, ...] = (
     keys.bp,
     connect.bp,
     connections.bp,
+    tokens.bp,
+    refresh.bp,
     audit.bp,
     sweeps.bp,
     webhooks.bp,

@@ -241,7 +241,7 @@ class ApiKeys:
 
     def delete(self, key_id: str, *, actor: str) -> None:
         key = self.get(key_id)
-        self._store.remove(key)
+        self._store.delete(ApiKey.TABLE, _PARTITION, key_id)  # unconditional: a use may touch it
         self._forget(key_id)
         self._audit.record(actor, "apikey.deleted", f"key:{key_id}", detail={"name": key.name})
 
@@ -288,8 +288,8 @@ class ApiKeys:
             return
         key.last_used_at = now
         try:
-            self._store.upsert(
-                ApiKey.TABLE, Row(_PARTITION, key.id, {"last_used_at": now}), merge=True
+            self._store.update(
+                ApiKey.TABLE, Row(_PARTITION, key.id, {"last_used_at": now}), etag="*", merge=True
             )
         except StoreError:
             return  # bookkeeping only: never fail a call for it

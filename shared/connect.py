@@ -40,7 +40,9 @@ from shared.errors import (
 )
 from shared.events import CONNECTION_CREATED, CONNECTION_RECOVERED, EventPublisher
 from shared.oauth import Grant, new_state
+from shared.schedule import Schedule
 from shared.store import Store
+from shared.tokens import due_at
 
 LINK_TTL = timedelta(minutes=10)
 STATE_TTL = timedelta(minutes=10)
@@ -111,7 +113,9 @@ class Connect:
         clock: Clock,
         public_url: str,
         allowed_return_urls: tuple[str, ...],
+        schedule: Schedule,
     ) -> None:
+        self._schedule = schedule
         self._store = store
         self._connections = ConnectionStore(store)
         self._apps = apps
@@ -359,10 +363,18 @@ class Connect:
             connection.refresh_failures = 0
             connection.last_error = connection.next_attempt_at = None
             connection.needs_reauth_at = connection.revoked_at = None
+            connection.last_refreshed_at = now
+            old_bucket = connection.schedule_bucket
+            # The index row first: a crash leaves a row the sweep drops, never an unswept grant.
+            connection.schedule_bucket = self._schedule.put(
+                app.id, state.user_id, due_at(connection, app, now), "refresh"
+            )
             try:
                 self._connections.save_new_or_existing(connection)
             except (ConcurrencyConflict, AlreadyExists):
                 continue  # a refresh or another consent wrote meanwhile: merge onto it
+            if old_bucket and old_bucket != connection.schedule_bucket:
+                self._schedule.drop(old_bucket, app.id, state.user_id)
             redirect = self._return_url(state.return_to, connection)
             return Connected(connection, event, redirect)
         raise CallbackFailed(409, "busy", "The connection is being changed: try again.")

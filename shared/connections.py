@@ -57,6 +57,7 @@ class Connection(Entity):
     next_attempt_at: datetime | None = None
     needs_reauth_at: datetime | None = None
     revoked_at: datetime | None = None
+    schedule_bucket: str | None = None  # the Schedule partition of this connection's next refresh
     # The refresh lease (shared.lease) lives on this row; declared so replacing writes keep it.
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
@@ -166,6 +167,10 @@ class ConnectionStore:
 
     def all(self) -> list[Connection]:
         return list(self._store.select(Connection, "PartitionKey ne @none", {"none": ""}))
+
+    def save(self, connection: Connection) -> Connection:
+        """Replace the row if it still has the connection's ETag."""
+        return self._store.save(connection)
 
     def save_new_or_existing(self, connection: Connection) -> Connection:
         """Write a connection (conditionally, when it carries an ETag), index row first."""

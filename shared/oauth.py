@@ -19,7 +19,6 @@ import requests.auth
 from shared.crypto import Secret
 from shared.errors import GrantInvalid, ProviderError, ProviderUnavailable
 
-TIMEOUT = (5, 20)  # connect, read: a token endpoint that hangs must not hold a request long
 # OAuth errors that mean the grant itself is dead: only a new consent brings it back.
 PERMANENT = frozenset({"invalid_grant", "unauthorized_client", "interaction_required",
                        "consent_required", "access_denied"})  # fmt: skip
@@ -109,7 +108,6 @@ def token_request(
             data=dict(data),
             auth=_basic(auth) if auth else None,
             headers={"Accept": "application/json"},
-            timeout=TIMEOUT,
             allow_redirects=False,
         )
     except requests.Timeout:

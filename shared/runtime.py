@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from datetime import timedelta
 
 import requests
 from azure.storage.queue import QueueServiceClient
@@ -25,9 +26,14 @@ from shared.drivers import Drivers
 from shared.errors import StoreError
 from shared.events import EventPublisher
 from shared.expiry import ExpirySweep
+from shared.http import provider_session
+from shared.lease import Leases
+from shared.schedule import Schedule
 from shared.settings import Settings, get_settings
 from shared.storage import queue_service, table_service
 from shared.store import Store
+from shared.sweep import RefreshSweep
+from shared.tokens import Tokens
 from shared.webhooks import WebhookSender
 
 
@@ -47,6 +53,11 @@ class Runtime:
     drivers: Drivers
     connections: ConnectionStore
     connect: Connect
+    tokens: Tokens
+    schedule: Schedule
+
+    def refresh_sweep(self) -> RefreshSweep:
+        return RefreshSweep(self.schedule, self.connections, self.clock)
 
     def expiry_sweep(self) -> ExpirySweep:
         return ExpirySweep(self.store, self.api_keys, self.audit, self.events, self.clock)
@@ -65,7 +76,7 @@ class Runtime:
         logging.getLogger("keysteward").setLevel(settings.log_level)
         store = Store(table_service(settings.storage), KeyRing(settings.encryption_keys))
         queues = queue_service(settings.storage)
-        http = requests.Session()
+        http = provider_session(settings.provider_timeout_seconds)
         webhooks = None
         if settings.webhook_url and settings.webhook_secret:
             webhooks = WebhookSender(
@@ -83,6 +94,8 @@ class Runtime:
         )
         apps = load_apps(settings)
         drivers = Drivers(http, clock)
+        connections = ConnectionStore(store)
+        schedule = Schedule(store)
         return cls(
             settings=settings,
             clock=clock,
@@ -98,7 +111,7 @@ class Runtime:
             api_keys=ApiKeys(store, audit, clock),
             apps=apps,
             drivers=drivers,
-            connections=ConnectionStore(store),
+            connections=connections,
             connect=Connect(
                 store=store,
                 apps=apps,
@@ -108,7 +121,20 @@ class Runtime:
                 clock=clock,
                 public_url=settings.public_url,
                 allowed_return_urls=settings.allowed_return_urls,
+                schedule=schedule,
             ),
+            tokens=Tokens(
+                connections=connections,
+                leases=Leases(store, clock),
+                schedule=schedule,
+                apps=apps,
+                drivers=drivers,
+                audit=audit,
+                events=events,
+                clock=clock,
+                lease_ttl=timedelta(seconds=settings.refresh_lease_seconds),
+            ),
+            schedule=schedule,
         )
 
 

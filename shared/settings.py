@@ -33,6 +33,8 @@ WEBHOOK_MAX_ATTEMPTS = "KEYSTEWARD_WEBHOOK_MAX_ATTEMPTS"
 REFRESH_SCHEDULE = "KEYSTEWARD_REFRESH_SCHEDULE"
 EXPIRY_SWEEP_SCHEDULE = "KEYSTEWARD_EXPIRY_SWEEP_SCHEDULE"
 LOG_LEVEL = "KEYSTEWARD_LOG_LEVEL"
+REFRESH_LEASE_SECONDS = "KEYSTEWARD_REFRESH_LEASE_SECONDS"
+PROVIDER_TIMEOUT_SECONDS = "KEYSTEWARD_PROVIDER_TIMEOUT_SECONDS"
 WEBSITE_HOSTNAME = "WEBSITE_HOSTNAME"  # set by Azure App Service / Functions
 
 # Every setting the code reads (the infrastructure test checks the Bicep app settings against it).
@@ -48,6 +50,8 @@ KEYSTEWARD_SETTINGS = (
     REFRESH_SCHEDULE,
     EXPIRY_SWEEP_SCHEDULE,
     LOG_LEVEL,
+    REFRESH_LEASE_SECONDS,
+    PROVIDER_TIMEOUT_SECONDS,
 )
 
 DEFAULT_REFRESH_SCHEDULE = "0 */5 * * * *"
@@ -89,6 +93,8 @@ class Settings:
     refresh_schedule: str = DEFAULT_REFRESH_SCHEDULE
     expiry_sweep_schedule: str = DEFAULT_EXPIRY_SWEEP_SCHEDULE
     log_level: str = "INFO"
+    refresh_lease_seconds: float = 30.0
+    provider_timeout_seconds: float = 20.0
     # The environment as read at start-up, for the apps file's ${NAME} secret references.
     environment: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -130,6 +136,10 @@ class Settings:
             expiry_sweep_schedule=_schedule(EXPIRY_SWEEP_SCHEDULE, get(EXPIRY_SWEEP_SCHEDULE))
             or DEFAULT_EXPIRY_SWEEP_SCHEDULE,
             log_level=_log_level(get(LOG_LEVEL)),
+            refresh_lease_seconds=_number(REFRESH_LEASE_SECONDS, get(REFRESH_LEASE_SECONDS), 30.0),
+            provider_timeout_seconds=_number(
+                PROVIDER_TIMEOUT_SECONDS, get(PROVIDER_TIMEOUT_SECONDS), 20.0
+            ),
             environment=dict(env),
         )
 

@@ -63,13 +63,19 @@ def tables(storage_settings: StorageSettings) -> Iterator[TableServiceClient]:
 
 @pytest.fixture
 def queues(storage_settings: StorageSettings) -> Iterator[QueueServiceClient]:
-    """The queue service, emptied of every queue after the test."""
+    """The queue service, with no queue before the test (other modules' devhosts publish to the
+    same Azurite) and none left after it."""
     service = queue_service(storage_settings)
+
+    def empty() -> None:
+        for queue in list(service.list_queues()):
+            service.delete_queue(queue.name)
+
+    empty()
     try:
         yield service
     finally:
-        for queue in list(service.list_queues()):
-            service.delete_queue(queue.name)
+        empty()
 
 
 @pytest.fixture

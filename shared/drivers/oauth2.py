@@ -15,7 +15,7 @@ from shared.apps import App
 from shared.clock import Clock
 from shared.drivers.base import AuthRequest
 from shared.errors import InputError, ProviderError, ProviderUnavailable
-from shared.oauth import TIMEOUT, Grant, grant_from, pkce_pair, token_request
+from shared.oauth import Grant, grant_from, pkce_pair, token_request
 
 _DISCOVERY_TTL = 3600.0
 
@@ -129,7 +129,7 @@ class OAuth2:
                 return cached[1]
         url = f"{issuer}/.well-known/openid-configuration"
         try:
-            response = self._session.get(url, timeout=TIMEOUT)
+            response = self._session.get(url)
         except requests.RequestException as exc:
             raise ProviderUnavailable(
                 f"discovery at {issuer} failed ({type(exc).__name__})"

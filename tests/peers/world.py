@@ -5,24 +5,31 @@ through MSAL), the PagerDuty and legacy Azure DevOps OAuth fakes, an apps file w
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import requests
 import yaml
+from azure.core.exceptions import ResourceNotFoundError
+from azure.storage.queue import QueueServiceClient
 
 from devhost.oidc import OidcClient, OidcServer
 from shared.apikeys import SCOPES, ApiKeys
-from shared.audit import AuditLog
+from shared.audit import AuditEntry, AuditLog
 from shared.clock import SystemClock
+from shared.connections import Connection
 from shared.crypto import KeyRing
+from shared.events import LIFECYCLE_QUEUE
 from shared.settings import Settings
-from shared.storage import table_service
+from shared.storage import decode_message, table_service
 from shared.store import Store
 from tests.fakes.azure_devops_oauth import AzureDevOpsApp, AzureDevOpsOAuthFake
 from tests.fakes.pagerduty import PagerDutyApp, PagerDutyFake
@@ -38,6 +45,8 @@ SECRETS = {
 PD_CLIENT_ID = "pd-client-id"
 ADO_CLIENT_ID = "6b9c2f1e-4a3d-4c55-9f0e-2d1b7a8c9e01"
 RETURN_URL = "https://portal.example.com/connected"
+LEASE_SECONDS = 6
+PROVIDER_TIMEOUT = 3
 
 
 @dataclass
@@ -52,6 +61,28 @@ class World:
     keys: ApiKeys
     env: dict[str, str]
     http: requests.Session = field(default_factory=requests.Session)
+    seen_events: list[dict[str, Any]] = field(default_factory=list)
+
+    def events(self, subject: str, kind: str | None = None) -> list[dict[str, Any]]:
+        """Lifecycle events about ``subject``: the queue is drained into ``seen_events``."""
+        queue = QueueServiceClient.from_connection_string(
+            self.env["AzureWebJobsStorage"]
+        ).get_queue_client(LIFECYCLE_QUEUE)
+        with contextlib.suppress(ResourceNotFoundError):
+            while True:
+                batch = list(queue.receive_messages(messages_per_page=32, max_messages=32))
+                if not batch:
+                    break
+                for message in batch:
+                    self.seen_events.append(json.loads(decode_message(message.content)))
+                    queue.delete_message(message)
+        return [e for e in self.seen_events
+                if e["subject"] == subject and (kind is None or e["type"] == kind)]  # fmt: skip
+
+    def audit(self, subject: str, action: str | None = None) -> list[AuditEntry]:
+        since = datetime.now(UTC) - timedelta(hours=1)
+        entries = AuditLog(self.store, SystemClock()).read(since, subject=subject)
+        return [e for e in entries if action is None or e.action == action]
 
     def api(self, path: str) -> str:
         return self.devhost.api(path)
@@ -62,6 +93,22 @@ class World:
         headers = dict(kwargs.pop("headers", {}))
         headers.setdefault("Authorization", f"Bearer {key or self.admin_key}")
         return self.http.request(method, self.api(path), headers=headers, timeout=30, **kwargs)
+
+    def another_devhost(self, log: Path) -> DevHost:
+        """One more instance of the same app on the same storage (no timers: one runs them)."""
+        return start_devhost(self.env, log, args=("--no-timers",))
+
+    def connection(self, app: str, user_id: str) -> Connection:
+        found = self.store.read(Connection, app, user_id)
+        assert found is not None, f"no connection {app}/{user_id}"
+        return found
+
+    def token(
+        self, app: str, user_id: str, host: DevHost | None = None, **params: Any
+    ) -> requests.Response:
+        url = (host or self.devhost).api(f"connections/{app}/{user_id}/token")
+        return self.http.get(url, params=params, timeout=60,
+                             headers={"Authorization": f"Bearer {self.admin_key}"})  # fmt: skip
 
     def key(self, scopes: list[str], resources: list[str], **extra: Any) -> str:
         return self.keys.create(name="test", scopes=scopes, resources=resources, actor="test",
@@ -192,6 +239,9 @@ def running_world(base_env: dict[str, str], directory: Path) -> Iterator[World]:
             "KEYSTEWARD_PUBLIC_URL": public,
             "KEYSTEWARD_ALLOWED_RETURN_URLS": RETURN_URL,
             "REQUESTS_CA_BUNDLE": str(_ca_bundle(entra_op.ca_file, directory)),
+            # Short enough that crash and timeout tests finish quickly.
+            "KEYSTEWARD_REFRESH_LEASE_SECONDS": str(LEASE_SECONDS),
+            "KEYSTEWARD_PROVIDER_TIMEOUT_SECONDS": str(PROVIDER_TIMEOUT),
         }
         host = start_devhost(env, directory / "devhost.log", port=port)
         stack.callback(host.stop)

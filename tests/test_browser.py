@@ -1,0 +1,68 @@
+"""A person connects in a real browser: headless Chromium opens a connect link served by devhost,
+signs in and consents on oidc-provider's own pages, and lands on Keysteward's success page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from shared.connections import Connection
+from tests.peers.browser import chromium_missing, headless_chromium
+from tests.peers.world import World
+
+APP = "oidc-demo"
+USER = "browser-user@contoso.com"
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line contains ``text``: a browser left running on its profile."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        if text.encode() in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_user_connects_in_a_real_browser(world: World, tmp_path: Path) -> None:
+    if reason := chromium_missing():
+        pytest.fail(reason)  # a skip would pass unnoticed: the browser is part of the suite
+    link = world.connect_link(APP, USER)
+    callback = world.api(f"oauth/{APP}/callback")
+    with headless_chromium() as browser:
+        page = browser.new_page()
+        page.goto(link)  # devhost 302 -> oidc-provider /auth -> 303 its login page
+        assert page.url.startswith(f"{world.oidc.issuer}/interaction/"), page.url
+        page.locator("input[name=login]").fill("browser-user")
+        page.locator("input[name=password]").fill("any password will do")
+        page.get_by_role("button", name="Sign-in").click()
+        consent = page.get_by_role("button", name="Continue")  # the consent form
+        expect(consent).to_be_visible()
+        consent.click()
+        page.wait_for_url(lambda url: url.startswith(f"{callback}?"))
+        expect(page.locator("#title")).to_have_text("Connected")
+        expect(page.locator("#message")).to_contain_text(f"{APP} is connected for {USER}")
+        page.screenshot(path=tmp_path / "connected.png", full_page=True)
+        profile = str(browser.profile)
+    assert processes_mentioning(profile) == [], "the browser outlived its context"
+
+    connection = world.store.read(Connection, APP, USER)
+    assert connection is not None
+    assert connection.status == "active"
+    assert connection.refresh_token is not None
+    plaintext = connection.refresh_token.reveal()
+    assert plaintext
+    raw = world.store.get("Connections", APP, USER)
+    assert raw is not None
+    sealed = raw.data["refresh_token"]
+    assert isinstance(sealed, str)
+    assert sealed.startswith("v1.")
+    assert sealed != plaintext
+    assert plaintext not in repr(raw.data)
