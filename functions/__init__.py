@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from functions import audit, connect, connections, health, keys, refresh, sweeps, tokens, webhooks
+from functions import (
+    audit,
+    connect,
+    connections,
+    health,
+    keys,
+    refresh,
+    revocations,
+    sweeps,
+    tokens,
+    webhooks,
+)
 from shared.apps import load as load_apps
 from shared.settings import get_settings
 
@@ -19,6 +30,7 @@ BLUEPRINTS: tuple[func.Blueprint, ...] = (
     connections.bp,
     tokens.bp,
     refresh.bp,
+    revocations.bp,
     audit.bp,
     sweeps.bp,
     webhooks.bp,

@@ -1,4 +1,5 @@
-"""Timers: the nightly expiry sweep (schedule from KEYSTEWARD_EXPIRY_SWEEP_SCHEDULE)."""
+"""The nightly sweep (KEYSTEWARD_EXPIRY_SWEEP_SCHEDULE): expiry warnings, then another try at
+upstream revocations that kept failing."""
 
 from __future__ import annotations
 
@@ -18,5 +19,9 @@ log = logging.getLogger("keysteward.sweeps")
     arg_name="timer", schedule=get_settings().expiry_sweep_schedule, run_on_startup=False
 )
 def expiry_sweep(timer: func.TimerRequest) -> None:
-    report = get_runtime().expiry_sweep().run()
+    runtime = get_runtime()
+    report = runtime.expiry_sweep().run()
     log.info("expiry sweep: %d checked, %d warned", report.checked, len(report.warned))
+    # The nightly second chance for upstream revocations that kept failing.
+    retried = runtime.revoker.retry_failures()
+    log.info("revocation retries: %s", retried)

@@ -57,6 +57,8 @@ class Connection(Entity):
     next_attempt_at: datetime | None = None
     needs_reauth_at: datetime | None = None
     revoked_at: datetime | None = None
+    revoke_upstream: str | None = None  # revoked | not_supported | revoke_failed
+    revoke_error: str | None = None
     schedule_bucket: str | None = None  # the Schedule partition of this connection's next refresh
     # The refresh lease (shared.lease) lives on this row; declared so replacing writes keep it.
     lease_owner: str | None = None
@@ -116,6 +118,7 @@ class Connection(Entity):
             "next_attempt_at": iso(self.next_attempt_at),
             "needs_reauth_at": iso(self.needs_reauth_at),
             "revoked_at": iso(self.revoked_at),
+            "revoke_upstream": self.revoke_upstream,
         }
 
 

@@ -102,6 +102,34 @@ def token_request(
     what: str = "token request",
 ) -> dict[str, Any]:
     """POST a form to a token endpoint; the JSON answer, or the fitting ``ProviderError``."""
+    response = _post_form(session, url, data, auth=auth, what=what)
+    body = _json(response)
+    if response.status_code == 200 and isinstance(body, dict):
+        return body
+    raise classify(response, body, what)
+
+
+def revocation_request(
+    session: requests.Session,
+    url: str,
+    data: Mapping[str, str],
+    *,
+    auth: tuple[str, str] | None = None,
+) -> None:
+    """RFC 7009: 200 means revoked (or already unknown), whatever the body says."""
+    response = _post_form(session, url, data, auth=auth, what="revocation")
+    if response.status_code != 200:
+        raise classify(response, _json(response), "revocation")
+
+
+def _post_form(
+    session: requests.Session,
+    url: str,
+    data: Mapping[str, str],
+    *,
+    auth: tuple[str, str] | None,
+    what: str,
+) -> requests.Response:
     try:
         response = session.post(
             url,
@@ -116,10 +144,7 @@ def token_request(
         raise ProviderUnavailable(
             f"{what}: could not reach the provider ({type(exc).__name__})"
         ) from None
-    body = _json(response)
-    if response.status_code == 200 and isinstance(body, dict):
-        return body
-    raise classify(response, body, what)
+    return response
 
 
 def _basic(auth: tuple[str, str]) -> requests.auth.HTTPBasicAuth:

@@ -28,6 +28,7 @@ from shared.events import EventPublisher
 from shared.expiry import ExpirySweep
 from shared.http import provider_session
 from shared.lease import Leases
+from shared.revocation import Revoker
 from shared.schedule import Schedule
 from shared.settings import Settings, get_settings
 from shared.storage import queue_service, table_service
@@ -55,6 +56,7 @@ class Runtime:
     connect: Connect
     tokens: Tokens
     schedule: Schedule
+    revoker: Revoker
 
     def refresh_sweep(self) -> RefreshSweep:
         return RefreshSweep(self.schedule, self.connections, self.clock)
@@ -135,6 +137,18 @@ class Runtime:
                 lease_ttl=timedelta(seconds=settings.refresh_lease_seconds),
             ),
             schedule=schedule,
+            revoker=Revoker(
+                store=store,
+                connections=connections,
+                schedule=schedule,
+                apps=apps,
+                drivers=drivers,
+                audit=audit,
+                events=events,
+                clock=clock,
+                public_url=settings.public_url,
+                provider_timeout=settings.provider_timeout_seconds,
+            ),
         )
 
 

@@ -9,9 +9,11 @@ identity, managed identity).
 from __future__ import annotations
 
 import base64
+import contextlib
 from typing import Any
 
 from azure.core.credentials import TokenCredential
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableServiceClient
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 from azure.storage.queue import QueueClient, QueueServiceClient
@@ -63,3 +65,14 @@ def decode_message(content: str) -> bytes:
 
 def queue_client(service: QueueServiceClient, name: str) -> QueueClient:
     return service.get_queue_client(name)
+
+
+def send(service: QueueServiceClient, name: str, text: str) -> None:
+    """Put one message on a queue (created if missing), encoded as the host reads it."""
+    client = service.get_queue_client(name)
+    try:
+        client.send_message(encode_message(text))
+    except ResourceNotFoundError:
+        with contextlib.suppress(ResourceExistsError):
+            client.create_queue()
+        client.send_message(encode_message(text))

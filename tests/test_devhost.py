@@ -63,7 +63,7 @@ class Launch(Protocol):
 
 
 def until(condition: Callable[[], T], what: str, timeout: float = 20.0) -> T:
-    return cast(T, wait_until(condition, timeout=timeout, what=what))
+    return wait_until(condition, timeout=timeout, what=what)
 
 
 class Events:

@@ -15,7 +15,7 @@ from shared.apps import App
 from shared.clock import Clock
 from shared.drivers.base import AuthRequest
 from shared.errors import InputError, ProviderError, ProviderUnavailable
-from shared.oauth import Grant, grant_from, pkce_pair, token_request
+from shared.oauth import Grant, grant_from, pkce_pair, revocation_request, token_request
 
 _DISCOVERY_TTL = 3600.0
 
@@ -85,16 +85,25 @@ class OAuth2:
             if token is None:
                 continue
             data = {"token": token.reveal(), "token_type_hint": hint}
-            self._post(app, url, data, "revocation")
+            secret = app.client_secret.reveal()
+            if app.client_authentication == "client_secret_basic":
+                revocation_request(self._session, url, data, auth=(app.client_id, secret))
+            else:
+                data |= {"client_id": app.client_id, "client_secret": secret}
+                revocation_request(self._session, url, data)
         return "revoked"
 
     def revocation_endpoint(self, app: App) -> str | None:
-        if app.revoke_url:
-            return app.revoke_url if app.revocation is not False else None
+        """Where to revoke, or None: ``optional`` endpoints (undocumented ones) only when the app
+        turns them on; an app's ``revoke_url`` overrides the catalogue's or the discovered one."""
         mode = app.provider.revocation
-        if mode == "none" or (mode == "optional" and not app.revocation):
+        if mode == "none" or app.revocation is False:
             return None
-        if mode in {"optional", "rfc7009"}:
+        if mode == "optional":
+            return (app.revoke_url or app.provider.revoke_url) if app.revocation else None
+        if app.revoke_url:
+            return app.revoke_url
+        if mode == "rfc7009":
             return app.provider.revoke_url
         return self._discover(app).get("revocation_endpoint") if app.issuer else None
 

@@ -16,8 +16,10 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
 _PR_SET_PDEATHSIG = 1
 
 
@@ -78,12 +80,12 @@ def kill(proc: subprocess.Popen[bytes]) -> None:
 
 
 def wait_until(
-    condition: Callable[[], object],
+    condition: Callable[[], T],
     *,
     timeout: float = 20.0,
     interval: float = 0.05,
     what: str = "condition",
-) -> object:
+) -> T:
     """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None

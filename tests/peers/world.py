@@ -79,6 +79,10 @@ class World:
         return [e for e in self.seen_events
                 if e["subject"] == subject and (kind is None or e["type"] == kind)]  # fmt: skip
 
+    def audit_actions(self, action: str) -> list[AuditEntry]:
+        since = datetime.now(UTC) - timedelta(hours=1)
+        return [e for e in AuditLog(self.store, SystemClock()).read(since) if e.action == action]
+
     def audit(self, subject: str, action: str | None = None) -> list[AuditEntry]:
         since = datetime.now(UTC) - timedelta(hours=1)
         entries = AuditLog(self.store, SystemClock()).read(since, subject=subject)
@@ -211,6 +215,7 @@ def running_world(base_env: dict[str, str], directory: Path) -> Iterator[World]:
                     "authorize_url": f"{pagerduty.url}/oauth/authorize",
                     "token_url": f"{pagerduty.url}/oauth/token",
                     "revoke_url": f"{pagerduty.url}/oauth/revoke",
+                    "revocation": True,
                     "scopes": ["incidents.read", "services.read"],
                 },
                 "pagerduty-bad-scope": {

@@ -1,0 +1,103 @@
+"""Revocation (``connections:revoke``): by user, by app or both, from the queue or over HTTP."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import azure.functions as func
+
+from functions._auth import authorized
+from functions._blueprint import blueprint
+from functions._http import endpoint, json_response, read_json
+from shared import globs
+from shared.apikeys import Principal
+from shared.errors import Forbidden, InputError
+from shared.revocation import QUEUE, Revocation, RevocationRequest
+from shared.runtime import get_runtime
+from shared.storage import send
+
+bp = blueprint()
+log = logging.getLogger("keysteward.revocation")
+SCOPE = "connections:revoke"
+
+
+def _require_cover(principal: Principal, app: str | None, user_id: str | None) -> None:
+    """A key revokes only what its globs cover: an app's every user, a user in every app."""
+    if app and user_id:
+        principal.require_resource(SCOPE, app, user_id)
+    elif app and not globs.covers_app(principal.resources, app):
+        raise Forbidden(f"this API key's resources do not cover every user of '{app}'")
+    elif user_id and not app and not globs.covers_user(principal.resources, user_id):
+        raise Forbidden(f"this API key's resources do not cover '{user_id}' in every app")
+
+
+@bp.route(route="revocations", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@endpoint
+@authorized(SCOPE)
+def request_revocation(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
+    runtime = get_runtime()
+    body = read_json(req, allowed={"app", "user_id", "reason", "request_id"})
+    request = RevocationRequest.parse({**body, "requested_by": principal.actor})
+    _require_cover(principal, request.app, request.user_id)
+    revoker = runtime.revoker
+    record = revoker.accept(request, fallback_id=revoker.new_id())
+    message = {"request_id": record.id, "app": request.app, "user_id": request.user_id,
+               "reason": request.reason, "requested_by": request.requested_by}  # fmt: skip
+    send(runtime.queues, QUEUE, json.dumps(message))
+    return json_response({"id": record.id, "status_url": revoker.status_url(record.id)}, 202)
+
+
+@bp.route(route="revocations/{id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@endpoint
+@authorized(SCOPE)
+def get_revocation(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
+    revoker = get_runtime().revoker
+    record, outcomes = revoker.get(req.route_params["id"])
+    _require_cover(principal, record.app, record.user_id)
+    return json_response(record.public(outcomes, revoker.status_url(record.id)))
+
+
+@bp.route(route="revocation-failures", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@endpoint
+@authorized(SCOPE)
+def list_revocation_failures(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
+    failures = [
+        p.public() for p in get_runtime().revoker.failures() if principal.covers(p.app, p.user_id)
+    ]
+    return json_response({"failures": failures})
+
+
+@bp.route(route="connections/{app}/{user_id}", methods=["DELETE"],
+          auth_level=func.AuthLevel.ANONYMOUS)  # fmt: skip
+@endpoint
+@authorized(SCOPE)
+def revoke_connection(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
+    app, user_id = req.route_params["app"], req.route_params["user_id"]
+    principal.require_resource(SCOPE, app, user_id)
+    runtime = get_runtime()
+    connection = runtime.connections.get(app, user_id)
+    outcome = runtime.revoker.revoke_connection(connection, None)
+    runtime.audit.record(principal.actor, "connection.revoke_requested", f"{app}/{user_id}",
+                         detail={"upstream": outcome.upstream})  # fmt: skip
+    return json_response(outcome.public())
+
+
+@bp.queue_trigger(arg_name="msg", queue_name=QUEUE, connection="AzureWebJobsStorage")
+def process_revocation(msg: func.QueueMessage) -> None:
+    runtime = get_runtime()
+    raw = msg.get_body()
+    try:
+        request = RevocationRequest.parse(json.loads(raw))
+    except (ValueError, InputError) as exc:
+        # Malformed: audited and parked on the poison queue now; retrying cannot fix it.
+        reason = exc.message if isinstance(exc, InputError) else "not JSON"
+        runtime.audit.record("system:revocation", "revocation.malformed", f"message:{msg.id}",
+                             outcome="failure", detail={"reason": reason})  # fmt: skip
+        send(runtime.queues, f"{QUEUE}-poison", raw.decode("utf-8", "replace"))
+        log.error("revocation-requests: malformed message %s parked (%s)", msg.id, reason)
+        return
+    # A message without a request_id is known by its queue id (stable across redeliveries).
+    record: Revocation = runtime.revoker.accept(request, fallback_id=msg.id or raw.hex())
+    done = runtime.revoker.run(record)
+    log.info("revocation %s: %s (%d credentials)", done.id, done.status, done.total)

@@ -1,0 +1,490 @@
+"""Revocation by user, by app, or both: local secrets first, then upstream, idempotently.
+
+A request (from the ``revocation-requests`` queue or ``POST /api/revocations``) selects
+connections by user (``ConnectionsByUser``), by app (the app's ``Connections`` partition) or both
+(one point read), and revokes each with bounded concurrency:
+
+1. The tokens to revoke upstream are stashed, sealed, in ``PendingRevocations`` (one row per
+   credential, created by a conditional insert: whoever creates it owns the upstream revocation,
+   so overlapping requests make one upstream call per credential).
+2. The connection is marked ``revoked`` and its secrets are wiped in one conditional write: from
+   then on the token endpoint answers 410.
+3. Upstream: RFC 7009 where the provider has it (refresh token, then access token), with retries
+   and back-off; ``not_supported`` where it has none (Entra; PagerDuty unless turned on). Past the
+   retry budget the pending row stays as ``revoke_failed``: listed, and retried by the nightly
+   sweep, never dropped. A finished pending row is deleted, taking the last copy of the secrets.
+
+Every step reads what is stored before acting, so a redelivered message (or a worker killed half
+way) resumes where the stored state says and finishes the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from shared.apps import Apps
+from shared.audit import AuditLog
+from shared.clock import Clock
+from shared.connections import Connection, ConnectionStore, Status
+from shared.crypto import Secret
+from shared.drivers import Drivers
+from shared.entities import Entity
+from shared.errors import (
+    AlreadyExists,
+    ConcurrencyConflict,
+    InputError,
+    NotFound,
+    ProviderError,
+    ProviderUnavailable,
+)
+from shared.events import CREDENTIAL_REVOKED, REVOCATION_COMPLETED, EventPublisher
+from shared.lease import Leases
+from shared.oauth import Grant
+from shared.schedule import Schedule
+from shared.store import Store
+from shared.tablekeys import encode_key
+
+QUEUE = "revocation-requests"
+CONCURRENCY = 8
+UPSTREAM_TRIES = 3
+UPSTREAM_BACKOFF = 0.5  # seconds, doubled per try within one attempt
+MAX_REASON = 500
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+PENDING, RUNNING, COMPLETED, WITH_FAILURES = (
+    "pending", "running", "completed", "completed_with_failures",
+)  # fmt: skip
+REVOKED, NOT_SUPPORTED, REVOKE_FAILED = "revoked", "not_supported", "revoke_failed"
+
+
+@dataclass(frozen=True)
+class RevocationRequest:
+    """The message contract (docs/revocation.md): unknown fields are ignored."""
+
+    request_id: str | None
+    user_id: str | None
+    app: str | None
+    reason: str
+    requested_by: str
+
+    @classmethod
+    def parse(cls, body: Any) -> RevocationRequest:
+        if not isinstance(body, dict):
+            raise InputError("a revocation request is a JSON object")
+
+        def text(name: str, limit: int, required: bool = False) -> str | None:
+            value = body.get(name)
+            if value is None and not required:
+                return None
+            if not isinstance(value, str) or not value.strip() or len(value) > limit:
+                raise InputError(f"'{name}' must be a non-empty string of at most {limit} chars")
+            return value.strip()
+
+        request_id = text("request_id", 64)
+        if request_id is not None and not _REQUEST_ID.match(request_id):
+            raise InputError("'request_id' is letters, digits and . _ : - (at most 64)")
+        user_id, app = text("user_id", 256), text("app", 64)
+        if user_id is None and app is None:
+            raise InputError("give 'user_id', 'app' or both: what should be revoked?")
+        return cls(
+            request_id=request_id,
+            user_id=user_id,
+            app=app,
+            reason=text("reason", MAX_REASON, required=True) or "",
+            requested_by=text("requested_by", 200, required=True) or "",
+        )
+
+
+@dataclass
+class Revocation(Entity):
+    TABLE = "Revocations"
+    PARTITION = "id"
+    ROW = "kind"
+    id: str
+    status: str
+    reason: str
+    requested_by: str
+    created_at: datetime
+    updated_at: datetime
+    app: str | None = None
+    user_id: str | None = None
+    completed_at: datetime | None = None
+    total: int = 0
+    kind: str = "request"
+
+    def public(self, outcomes: list[Outcome], status_url: str) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "status": self.status,
+            "status_url": status_url,
+            "app": self.app,
+            "user_id": self.user_id,
+            "reason": self.reason,
+            "requested_by": self.requested_by,
+            "created_at": self.created_at.isoformat(),
+            "completed_at": self.completed_at.isoformat() if self.completed_at else None,
+            "total": self.total,
+            "outcomes": [o.public() for o in outcomes],
+        }
+
+
+@dataclass
+class Outcome(Entity):
+    """What one request did to one credential: a row in the request's partition."""
+
+    TABLE = "Revocations"
+    PARTITION = "request_id"
+    ROW = "kind"
+    request_id: str
+    kind: str  # "credential|{app}|{user}"
+    credential: str
+    app: str
+    user_id: str
+    local: str  # "destroyed" (by this request) or "already_revoked"
+    upstream: str  # revoked | not_supported | revoke_failed | pending
+    at: datetime
+    error: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "credential": self.credential,
+            "type": "connection",
+            "app": self.app,
+            "user_id": self.user_id,
+            "local": self.local,
+            "upstream": self.upstream,
+            "error": self.error,
+        }
+
+
+@dataclass
+class PendingRevocation(Entity):
+    """The tokens still to revoke upstream for one credential; deleted when done."""
+
+    TABLE = "PendingRevocations"
+    PARTITION = "app"
+    ROW = "user_id"
+    app: str
+    user_id: str
+    state: str  # pending | revoke_failed
+    created_at: datetime
+    attempts: int = 0
+    last_error: str | None = None
+    last_attempt_at: datetime | None = None
+    refresh_token: Secret | None = field(default=None, repr=False)
+    access_token: Secret | None = field(default=None, repr=False)
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "credential": f"{self.app}/{self.user_id}",
+            "state": self.state,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "last_attempt_at": self.last_attempt_at.isoformat() if self.last_attempt_at else None,
+            "since": self.created_at.isoformat(),
+        }
+
+
+class Revoker:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        connections: ConnectionStore,
+        schedule: Schedule,
+        apps: Apps,
+        drivers: Drivers,
+        audit: AuditLog,
+        events: EventPublisher,
+        clock: Clock,
+        public_url: str,
+        provider_timeout: float = 20.0,
+        concurrency: int = CONCURRENCY,
+    ) -> None:
+        # Long enough for one upstream attempt (every try timing out, plus back-off), so a live
+        # holder keeps it; a crashed holder's credential is picked up again after it.
+        self._lease = timedelta(seconds=provider_timeout * UPSTREAM_TRIES + 5)
+        self._store = store
+        self._connections = connections
+        self._schedule = schedule
+        self._apps = apps
+        self._drivers = drivers
+        self._audit = audit
+        self._events = events
+        self._clock = clock
+        self._leases = Leases(store, clock)
+        self._public_url = public_url.rstrip("/")
+        self._concurrency = concurrency
+
+    def status_url(self, request_id: str) -> str:
+        return f"{self._public_url}/api/revocations/{request_id}"
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def accept(self, request: RevocationRequest, *, fallback_id: str) -> Revocation:
+        """The request's record, created once (a redelivered message finds it)."""
+        request_id = request.request_id or _derived_id(fallback_id)
+        existing = self._store.read(Revocation, request_id, "request")
+        if existing is not None:
+            return existing
+        now = self._clock.now()
+        record = Revocation(
+            id=request_id, status=PENDING, reason=request.reason,
+            requested_by=request.requested_by, created_at=now, updated_at=now,
+            app=request.app, user_id=request.user_id,
+        )  # fmt: skip
+        try:
+            self._store.create(record)
+        except AlreadyExists:
+            found = self._store.read(Revocation, request_id, "request")
+            assert found is not None
+            return found
+        self._audit.record(
+            request.requested_by, "revocation.requested", f"revocation:{request_id}",
+            detail={"app": request.app, "user_id": request.user_id, "reason": request.reason},
+        )  # fmt: skip
+        return record
+
+    def new_id(self) -> str:
+        return f"rv-{uuid.uuid4().hex}"
+
+    def get(self, request_id: str) -> tuple[Revocation, list[Outcome]]:
+        record = self._store.read(Revocation, request_id, "request") if request_id else None
+        if record is None:
+            raise NotFound(f"no revocation request '{request_id}'")
+        outcomes = list(
+            self._store.select(
+                Outcome,
+                "PartitionKey eq @pk and RowKey ne @request",
+                {"pk": encode_key(request_id), "request": "request"},
+            )
+        )
+        return record, outcomes
+
+    def run(self, record: Revocation) -> Revocation:
+        """Revoke everything the request selects; safe to run again on the same record."""
+        if record.status in (COMPLETED, WITH_FAILURES):
+            return record
+        selected = self._select(record.app, record.user_id)
+        record.status = RUNNING
+        record.total = len(selected)
+        record.updated_at = self._clock.now()
+        record = self._save_record(record)
+        with ThreadPoolExecutor(max_workers=self._concurrency) as pool:
+            outcomes = list(pool.map(lambda c: self.revoke_connection(c, record.id), selected))
+        failed = sum(1 for o in outcomes if o.upstream == REVOKE_FAILED)
+        return self._finish(record, outcomes, failed)
+
+    def _finish(self, record: Revocation, outcomes: list[Outcome], failed: int) -> Revocation:
+        now = self._clock.now()
+        latest = self._store.read(Revocation, record.id, "request") or record
+        if latest.status in (COMPLETED, WITH_FAILURES):
+            return latest  # another delivery finished it (and announced it)
+        latest.status = WITH_FAILURES if failed else COMPLETED
+        latest.completed_at = latest.updated_at = now
+        try:
+            self._store.save(latest)
+        except ConcurrencyConflict:
+            return self._store.read(Revocation, record.id, "request") or latest
+        data = {
+            "id": latest.id, "status": latest.status, "app": latest.app,
+            "user_id": latest.user_id, "total": len(outcomes), "revoke_failed": failed,
+            "not_supported": sum(1 for o in outcomes if o.upstream == NOT_SUPPORTED),
+        }  # fmt: skip
+        self._events.publish(REVOCATION_COMPLETED, f"revocation:{latest.id}", data)
+        self._audit.record("system:revocation", "revocation.completed", f"revocation:{latest.id}",
+                           outcome="success" if not failed else "partial", detail=data)  # fmt: skip
+        return latest
+
+    def _save_record(self, record: Revocation) -> Revocation:
+        for _ in range(5):
+            try:
+                return self._store.save(record)
+            except ConcurrencyConflict:
+                latest = self._store.read(Revocation, record.id, "request")
+                assert latest is not None
+                latest.status, latest.total = record.status, record.total
+                latest.updated_at = record.updated_at
+                record = latest
+        raise ConcurrencyConflict("the revocation request keeps changing")
+
+    def _select(self, app: str | None, user_id: str | None) -> list[Connection]:
+        if app and user_id:
+            found = self._connections.find(app, user_id)
+            return [found] if found else []
+        if app:
+            return self._connections.of_app(app)
+        assert user_id is not None
+        return self._connections.of_user(user_id)
+
+    # -- one credential -------------------------------------------------------------------------
+
+    def revoke_connection(self, connection: Connection, request_id: str | None) -> Outcome:
+        app, user = connection.app, connection.user_id
+        if request_id:
+            done = self._store.read(Outcome, request_id, _outcome_key(app, user))
+            if done is not None and done.upstream != "pending":
+                return done  # this request finished this credential before a redelivery
+        local = self._destroy_locally(app, user, request_id)
+        upstream, error = self._revoke_upstream(app, user)
+        outcome = Outcome(
+            request_id=request_id or "direct", kind=_outcome_key(app, user),
+            credential=f"{app}/{user}", app=app, user_id=user, local=local, upstream=upstream,
+            at=self._clock.now(), error=error,
+        )  # fmt: skip
+        if request_id:
+            self._store.save(outcome)
+        return outcome
+
+    def _destroy_locally(self, app: str, user: str, request_id: str | None) -> str:
+        for _ in range(10):
+            connection = self._connections.find(app, user)
+            if connection is None or connection.status == Status.REVOKED:
+                return "already_revoked"
+            grant = connection.grant()
+            now = self._clock.now()
+            pending = PendingRevocation(
+                app=app, user_id=user, state="pending", created_at=now,
+                refresh_token=_plain(grant.refresh_token), access_token=_plain(grant.access_token),
+            )  # fmt: skip
+            # First, so the upstream copy survives a crash; an overlapping request may have
+            # stashed it already, and the connection is still ours to wipe.
+            with contextlib.suppress(AlreadyExists):
+                self._store.create(pending)
+            connection.status = Status.REVOKED
+            connection.revoked_at = connection.updated_at = now
+            connection.access_token = connection.refresh_token = connection.msal_cache = None
+            connection.access_expires_at = None
+            old_bucket, connection.schedule_bucket = connection.schedule_bucket, None
+            connection.lease_owner = connection.lease_expires_at = None
+            try:
+                self._connections.save(connection)
+            except ConcurrencyConflict:
+                continue  # a refresh wrote meanwhile: wipe what it wrote too
+            if old_bucket:
+                self._schedule.drop(old_bucket, app, user)
+            data = {"app": app, "user_id": user, "type": "connection", "request": request_id}
+            self._events.publish(CREDENTIAL_REVOKED, f"{app}/{user}", data)
+            self._audit.record("system:revocation", "credential.revoked", f"{app}/{user}",
+                               detail=data)  # fmt: skip
+            return "destroyed"
+        raise ConcurrencyConflict(f"{app}/{user} kept changing while being revoked")
+
+    def _revoke_upstream(self, app_id: str, user: str) -> tuple[str, str | None]:
+        """Revoke the stashed tokens once, whoever asks; the stored result for everyone else."""
+        deadline = time.monotonic() + self._lease.total_seconds() + 5
+        while True:
+            pending = self._store.read(PendingRevocation, app_id, user)
+            if pending is None:
+                return self._recorded_upstream(app_id, user)
+            if pending.state == REVOKE_FAILED:
+                return REVOKE_FAILED, pending.last_error
+            lease = self._leases.acquire(
+                PendingRevocation.TABLE, app_id, user, owner=uuid.uuid4().hex, ttl=self._lease
+            )
+            if lease is not None:
+                fresh = self._store.read(PendingRevocation, app_id, user)
+                if fresh is None:
+                    return self._recorded_upstream(app_id, user)
+                return self._attempt(fresh)
+            if time.monotonic() > deadline:
+                return "pending", "another worker is revoking this credential upstream"
+            time.sleep(0.1)
+
+    def _attempt(self, pending: PendingRevocation) -> tuple[str, str | None]:
+        app_id, user = pending.app, pending.user_id
+        grant = Grant(access_token=pending.access_token, token_type="Bearer",  # noqa: S106
+                      expires_at=None, refresh_token=pending.refresh_token, scopes=())  # fmt: skip
+        error: str | None = None
+        result = REVOKE_FAILED
+        for attempt in range(UPSTREAM_TRIES):
+            try:
+                app = self._apps.get(app_id)
+                result = self._drivers.for_app(app).revoke(app, grant)
+                error = None
+                break
+            except NotFound:
+                error = f"app '{app_id}' is not configured: cannot revoke upstream"
+                break
+            except ProviderError as exc:
+                error = f"{exc.error}: {exc.oauth_error}"
+                if not isinstance(exc, ProviderUnavailable) or attempt == UPSTREAM_TRIES - 1:
+                    break
+                time.sleep(max(UPSTREAM_BACKOFF * 2**attempt, exc.retry_after or 0.0))
+        now = self._clock.now()
+        self._record_upstream(app_id, user, result if error is None else REVOKE_FAILED, error)
+        if error is None:
+            self._store.remove(pending)  # the last copy of the secrets goes with it
+            return result, None
+        pending.state = REVOKE_FAILED
+        pending.attempts += 1
+        pending.last_error = error
+        pending.last_attempt_at = now
+        pending.lease_owner = pending.lease_expires_at = None
+        self._store.save(pending)
+        self._audit.record("system:revocation", "credential.revoke_failed", f"{app_id}/{user}",
+                           outcome="failure", detail={"error": error})  # fmt: skip
+        return REVOKE_FAILED, error
+
+    def _record_upstream(self, app: str, user: str, upstream: str, error: str | None) -> None:
+        for _ in range(5):
+            connection = self._connections.find(app, user)
+            if connection is None:
+                return
+            connection.revoke_upstream, connection.revoke_error = upstream, error
+            try:
+                self._connections.save(connection)
+                return
+            except ConcurrencyConflict:
+                continue
+
+    def _recorded_upstream(self, app: str, user: str) -> tuple[str, str | None]:
+        connection = self._connections.find(app, user)
+        if connection is None or connection.revoke_upstream is None:
+            return NOT_SUPPORTED, "nothing was left to revoke upstream"
+        return connection.revoke_upstream, connection.revoke_error
+
+    # -- what is left ---------------------------------------------------------------------------
+
+    def failures(self) -> list[PendingRevocation]:
+        return [
+            p for p in self._store.select(PendingRevocation, "PartitionKey ne @none", {"none": ""})
+            if p.state == REVOKE_FAILED
+        ]  # fmt: skip
+
+    def retry_failures(self) -> dict[str, int]:
+        """The nightly sweep's second chance for upstream revocations that kept failing."""
+        counts = {REVOKED: 0, NOT_SUPPORTED: 0, REVOKE_FAILED: 0}
+        for pending in self.failures():
+            pending.state = "pending"
+            try:
+                self._store.save(pending)
+            except ConcurrencyConflict:
+                continue
+            upstream, _ = self._revoke_upstream(pending.app, pending.user_id)
+            counts[upstream] = counts.get(upstream, 0) + 1
+        return counts
+
+
+def _plain(secret: Secret | None) -> Secret | None:
+    # Re-sealed under the pending row's own place (a sealed value is bound to its row).
+    return Secret(secret.reveal()) if secret is not None else None
+
+
+def _outcome_key(app: str, user: str) -> str:
+    return f"credential|{app}|{user}"
+
+
+def _derived_id(message_id: str) -> str:
+    """A request without an id is known by its queue message's id, stable across redelivery."""
+    return f"q-{hashlib.sha256(message_id.encode()).hexdigest()[:32]}"
