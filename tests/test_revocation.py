@@ -294,3 +294,35 @@ def test_two_hundred_connections_survive_a_worker_killed_half_way(
     assert [p for p in left if p.user_id.startswith("rv-bulk")] == []
     revoked = {c.form["token"] for c in world.pagerduty.requests_to("/oauth/revoke")}
     assert {f"pdus+_1_rv-bulk_{i}" for i in range(200)} <= revoked
+
+
+SCHEMA = json.loads((ROOT / "docs" / "revocation-request.schema.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"user_id": "a@b.c", "reason": "r", "requested_by": "hr"},
+        {"app": "x", "reason": "r", "requested_by": "hr", "extra": 1},
+        {"request_id": "id-1", "app": "x", "user_id": "u", "reason": "r", "requested_by": "s"},
+        {"reason": "r", "requested_by": "hr"},
+        {"user_id": "a@b.c", "requested_by": "hr"},
+        {"user_id": "a@b.c", "reason": "r"},
+        {"request_id": "has space", "app": "x", "reason": "r", "requested_by": "s"},
+        {"app": "", "reason": "r", "requested_by": "s"},
+    ],
+)
+def test_the_documented_schema_and_the_worker_agree(message: dict[str, Any]) -> None:
+    from jsonschema import Draft202012Validator
+
+    from shared.errors import InputError
+    from shared.revocation import RevocationRequest
+
+    valid = Draft202012Validator(SCHEMA).is_valid(message)
+    try:
+        RevocationRequest.parse(message)
+    except InputError:
+        accepted = False
+    else:
+        accepted = True
+    assert accepted == valid

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from shared.connections import Status
+from shared.connections import Connection, Status
+from shared.crypto import Secret
 from shared.events import CONNECTION_NEEDS_REAUTH
 from tests.peers.devhost import DevHost
 from tests.peers.processes import kill, wait_until
@@ -296,3 +297,41 @@ def test_a_provider_that_times_out_is_a_transient_failure(world: World) -> None:
     assert connection.status == Status.ACTIVE
     assert connection.refresh_failures == 1
     assert "provider_unavailable" in (connection.last_error or "")
+
+
+def test_a_refused_connection_is_a_transient_failure(world: World) -> None:
+    user = "t-refused@contoso.com"
+    now = datetime.now(UTC)
+    world.store.save(Connection(
+        app="pagerduty-down", user_id=user, provider="pagerduty", status=Status.ACTIVE,
+        scopes=["incidents.read"], created_at=now, updated_at=now, connected_at=now,
+        redirect_uri="https://k/cb", access_token=Secret("pdus+_0_still_good"),
+        access_expires_at=now + timedelta(hours=1), refresh_token=Secret("pdus+_1_rt"),
+    ))  # fmt: skip
+    served = world.token("pagerduty-down", user, force_refresh="true", min_ttl="60")
+    assert served.status_code == 200
+    assert served.json()["access_token"] == "pdus+_0_still_good"
+    connection = world.connection("pagerduty-down", user)
+    assert connection.status == Status.ACTIVE
+    assert connection.refresh_failures == 1
+    refused = world.token("pagerduty-down", user, min_ttl="7200")
+    assert refused.status_code == 503
+    assert "Retry-After" in refused.headers
+
+
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        ({"error": "invalid_grant", "error_codes": [700082]}, "GrantInvalid"),
+        ({"error": "invalid_request", "error_codes": [70008]}, "GrantInvalid"),
+        ({"error": "invalid_grant", "error_codes": [50173]}, "GrantInvalid"),
+        ({"error": "interaction_required", "error_codes": [50076]}, "GrantInvalid"),
+        ({"error": "temporarily_unavailable", "error_codes": []}, "ProviderUnavailable"),
+        ({"error": "invalid_client", "error_codes": [7000222]}, "ProviderError"),
+    ],
+)
+def test_msal_error_data_is_classified(result: dict[str, object], expected: str) -> None:
+    """What MSAL returns for Entra's AADSTS errors (providers.md §3) decides the class."""
+    from shared.drivers.entra import _classify
+
+    assert type(_classify(result)).__name__ == expected

@@ -164,6 +164,7 @@ def _ca_bundle(extra: Path, directory: Path) -> Path:
 @contextmanager
 def running_world(base_env: dict[str, str], directory: Path) -> Iterator[World]:
     port = free_port()
+    closed_port = free_port()  # nothing listens here: a provider that refuses connections
     public = f"http://127.0.0.1:{port}"
 
     def callback(app: str) -> str:
@@ -224,6 +225,13 @@ def running_world(base_env: dict[str, str], directory: Path) -> Iterator[World]:
                     "authorize_url": f"{pagerduty.url}/oauth/authorize",
                     "token_url": f"{pagerduty.url}/oauth/token",
                     "scopes": ["incidents.read", "no.such.scope"],
+                },
+                "pagerduty-down": {
+                    "provider": "pagerduty", "client_id": PD_CLIENT_ID,
+                    "client_secret": "${PD_CLIENT_SECRET}",
+                    "authorize_url": f"http://127.0.0.1:{closed_port}/oauth/authorize",
+                    "token_url": f"http://127.0.0.1:{closed_port}/oauth/token",
+                    "scopes": ["incidents.read"],
                 },
                 "ado-legacy": {
                     "provider": "azure-devops-oauth", "client_id": ADO_CLIENT_ID,
