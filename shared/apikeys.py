@@ -19,6 +19,7 @@ import secrets
 import threading
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,7 +28,14 @@ from shared import globs
 from shared.audit import AuditLog
 from shared.clock import Clock
 from shared.entities import Entity
-from shared.errors import Forbidden, InputError, NotFound, StoreError, Unauthorized
+from shared.errors import (
+    ConcurrencyConflict,
+    Forbidden,
+    InputError,
+    NotFound,
+    StoreError,
+    Unauthorized,
+)
 from shared.store import Row, Store
 
 SCOPES = (
@@ -205,12 +213,13 @@ class ApiKeys:
 
     def regenerate(self, key_id: str, *, actor: str) -> tuple[ApiKey, str]:
         """A new secret; scopes, resources and expiry stay. The old secret stops working."""
-        key = self.get(key_id)
         secret = _new_secret()
-        key.secret_hash = _hash(secret)
-        key.regenerated_at = self._clock.now()
-        self._store.save(key)
-        self._forget(key_id)
+
+        def change(key: ApiKey) -> None:
+            key.secret_hash = _hash(secret)
+            key.regenerated_at = self._clock.now()
+
+        key = self._change(key_id, change)
         self._audit.record(actor, "apikey.regenerated", f"key:{key_id}")
         return key, _format(key_id, secret)
 
@@ -226,18 +235,32 @@ class ApiKeys:
             raise InputError(f"only 'name' and 'resources' can be changed, not {sorted(unknown)}")
         if not changes:
             raise InputError("nothing to change: give 'name' and/or 'resources'")
-        key = self.get(key_id)
-        if "name" in changes:
-            key.name = _name(changes["name"])
-        if "resources" in changes:
-            key.resources = _resources(changes["resources"])
-        self._store.save(key)
-        self._forget(key_id)
+        name = _name(changes["name"]) if "name" in changes else None
+        resources = _resources(changes["resources"]) if "resources" in changes else None
+
+        def change(key: ApiKey) -> None:
+            key.name = name or key.name
+            key.resources = resources or key.resources
+
+        key = self._change(key_id, change)
         self._audit.record(
             actor, "apikey.updated", f"key:{key_id}",
             detail={"name": key.name, "resources": key.resources},
         )  # fmt: skip
         return key
+
+    def _change(self, key_id: str, change: Callable[[ApiKey], None]) -> ApiKey:
+        """Read, change, write conditionally; again if a concurrent use touched the row."""
+        for _ in range(5):
+            key = self.get(key_id)
+            change(key)
+            try:
+                self._store.save(key)
+            except ConcurrencyConflict:
+                continue  # last_used_at was written meanwhile
+            self._forget(key_id)
+            return key
+        raise ConcurrencyConflict(f"API key '{key_id}' kept changing; try again")
 
     def delete(self, key_id: str, *, actor: str) -> None:
         key = self.get(key_id)

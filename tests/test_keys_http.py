@@ -475,6 +475,14 @@ def test_update_refuses_bad_changes(world: World, body: dict[str, Any], message:
     assert (shown["name"], shown["resources"]) == ("unchanged", ["*"])
 
 
+def test_update_refuses_a_body_that_is_not_json(world: World) -> None:
+    key_id = new_key(world, ["tokens:read"], ["*"])[0]
+    headers = {"Content-Type": "application/json"}
+    response = admin(world, "PATCH", f"keys/{key_id}", data="name=x", headers=headers)
+    assert response.status_code == 400
+    assert response.json() == {"error": "invalid_request", "message": "the body is not valid JSON"}
+
+
 def test_delete_stops_the_key_at_once_then_the_id_is_gone(
     world: World, unauthorized: dict[str, str]
 ) -> None:
