@@ -77,10 +77,10 @@ def revoke_connection(req: func.HttpRequest, principal: Principal) -> func.HttpR
     principal.require_resource(SCOPE, app, user_id)
     runtime = get_runtime()
     connection = runtime.connections.get(app, user_id)
-    outcome = runtime.revoker.revoke_connection(connection, None)
+    outcome, *pats = runtime.revoker.revoke_connection(connection, None)
     runtime.audit.record(principal.actor, "connection.revoke_requested", f"{app}/{user_id}",
                          detail={"upstream": outcome.upstream})  # fmt: skip
-    return json_response(outcome.public())
+    return json_response({**outcome.public(), "pats": [p.public() for p in pats]})
 
 
 @bp.queue_trigger(arg_name="msg", queue_name=QUEUE, connection="AzureWebJobsStorage")

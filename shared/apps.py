@@ -31,10 +31,14 @@ from shared.settings import APPS_FILE, Settings
 
 APP_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 _REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
-_ENDPOINTS = ("issuer", "authority", "oidc_authority", "authorize_url", "token_url", "revoke_url")
+_ENDPOINTS = (
+    "issuer", "authority", "oidc_authority", "authorize_url", "token_url", "revoke_url",
+    "pat_api_url", "devops_url",
+)  # fmt: skip
 _FIELDS = {
     "provider", "client_id", "client_secret", "scopes", "client_secret_expires_at", "tenant",
-    "client_auth", "prompt", "revocation", "display_name", "extra_authorize_params", *_ENDPOINTS,
+    "client_auth", "prompt", "revocation", "display_name", "extra_authorize_params",
+    "organization", "pat_api_version", *_ENDPOINTS,
 }  # fmt: skip
 
 
@@ -52,6 +56,11 @@ class App:
     authorize_url: str | None = None
     token_url: str | None = None
     revoke_url: str | None = None
+    # Azure DevOps PAT management (entra apps): the default organisation and API endpoints.
+    organization: str | None = None
+    pat_api_url: str | None = None
+    devops_url: str | None = None
+    pat_api_version: str | None = None
     client_auth: str | None = None
     prompt: str | None = None
     revocation: bool | None = None
@@ -137,6 +146,8 @@ def _app(app_id: str, spec: Any, env: Mapping[str, str], source: str) -> App:
         client_auth=client_auth,
         prompt=fields.text("prompt"),
         revocation=revocation,
+        organization=fields.text("organization"),
+        pat_api_version=fields.text("pat_api_version"),
         client_secret_expires_at=_expiry(spec.get("client_secret_expires_at"), where),
         extra_authorize_params=tuple(sorted((str(k), v) for k, v in extra.items())),
         **_endpoints(fields, provider, where),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import re
 import time
 import uuid
@@ -41,12 +42,14 @@ from shared.errors import (
     AlreadyExists,
     ConcurrencyConflict,
     InputError,
+    KeystewardError,
     NotFound,
     ProviderError,
     ProviderUnavailable,
 )
 from shared.events import CREDENTIAL_REVOKED, REVOCATION_COMPLETED, EventPublisher
 from shared.lease import Leases
+from shared.managed_pats import ManagedPats
 from shared.oauth import Grant
 from shared.schedule import Schedule
 from shared.store import Store
@@ -152,11 +155,12 @@ class Outcome(Entity):
     upstream: str  # revoked | not_supported | revoke_failed | pending
     at: datetime
     error: str | None = None
+    type: str = "connection"  # or managed_pat
 
     def public(self) -> dict[str, Any]:
         return {
             "credential": self.credential,
-            "type": "connection",
+            "type": self.type,
             "app": self.app,
             "user_id": self.user_id,
             "local": self.local,
@@ -181,6 +185,9 @@ class PendingRevocation(Entity):
     last_attempt_at: datetime | None = None
     refresh_token: Secret | None = field(default=None, repr=False)
     access_token: Secret | None = field(default=None, repr=False)
+    # Entra grants: what a later retry needs to get a bearer for revoking managed PATs.
+    msal_cache: Secret | None = field(default=None, repr=False)
+    msal_account: str | None = None
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
 
@@ -208,6 +215,7 @@ class Revoker:
         events: EventPublisher,
         clock: Clock,
         public_url: str,
+        pats: ManagedPats | None = None,
         provider_timeout: float = 20.0,
         concurrency: int = CONCURRENCY,
     ) -> None:
@@ -224,6 +232,7 @@ class Revoker:
         self._clock = clock
         self._leases = Leases(store, clock)
         self._public_url = public_url.rstrip("/")
+        self._pats = pats
         self._concurrency = concurrency
 
     def status_url(self, request_id: str) -> str:
@@ -281,7 +290,8 @@ class Revoker:
         record.updated_at = self._clock.now()
         record = self._save_record(record)
         with ThreadPoolExecutor(max_workers=self._concurrency) as pool:
-            outcomes = list(pool.map(lambda c: self.revoke_connection(c, record.id), selected))
+            per_connection = pool.map(lambda c: self.revoke_connection(c, record.id), selected)
+            outcomes = [outcome for group in per_connection for outcome in group]
         failed = sum(1 for o in outcomes if o.upstream == REVOKE_FAILED)
         return self._finish(record, outcomes, failed)
 
@@ -329,18 +339,41 @@ class Revoker:
 
     # -- one credential -------------------------------------------------------------------------
 
-    def revoke_connection(self, connection: Connection, request_id: str | None) -> Outcome:
+    def revoke_connection(self, connection: Connection, request_id: str | None) -> list[Outcome]:
+        """The connection's outcome first, then one per managed PAT it holds."""
         app, user = connection.app, connection.user_id
         if request_id:
             done = self._store.read(Outcome, request_id, _outcome_key(app, user))
             if done is not None and done.upstream != "pending":
-                return done  # this request finished this credential before a redelivery
+                return [done]  # this request finished this credential before a redelivery
+        pats = [p for p in self._pats.of_connection(app, user) if p.status != "revoked"] if (
+            self._pats
+        ) else []  # fmt: skip
+        # A bearer for Azure DevOps while the grant still lives: taken in memory, used after.
+        bearer = self._pats.bearer_or_none(app, user) if pats and self._pats else None
         local = self._destroy_locally(app, user, request_id)
-        upstream, error = self._revoke_upstream(app, user)
+        pat_outcomes = [self._revoke_pat(pat.id, bearer, request_id) for pat in pats]
+        pats_left = any(o.upstream == REVOKE_FAILED for o in pat_outcomes)
+        upstream, error = self._revoke_upstream(app, user, keep=pats_left)
         outcome = Outcome(
             request_id=request_id or "direct", kind=_outcome_key(app, user),
             credential=f"{app}/{user}", app=app, user_id=user, local=local, upstream=upstream,
             at=self._clock.now(), error=error,
+        )  # fmt: skip
+        if request_id:
+            self._store.save(outcome)
+        return [outcome, *pat_outcomes]
+
+    def _revoke_pat(self, pat_id: str, bearer: str | None, request_id: str | None) -> Outcome:
+        assert self._pats is not None
+        result = self._pats.revoke(pat_id, actor="system:revocation", bearer=bearer)
+        failed = result["status"] != "revoked"
+        pat = self._pats.get(pat_id)
+        outcome = Outcome(
+            request_id=request_id or "direct", kind=f"pat|{pat_id}", credential=f"pat:{pat_id}",
+            app=pat.app, user_id=pat.user_id, local="destroyed",
+            upstream=REVOKE_FAILED if failed else REVOKED, at=self._clock.now(),
+            error=json.dumps(result["upstream"]) if failed else None, type="managed_pat",
         )  # fmt: skip
         if request_id:
             self._store.save(outcome)
@@ -356,6 +389,7 @@ class Revoker:
             pending = PendingRevocation(
                 app=app, user_id=user, state="pending", created_at=now,
                 refresh_token=_plain(grant.refresh_token), access_token=_plain(grant.access_token),
+                msal_cache=_plain(grant.msal_cache), msal_account=grant.msal_account,
             )  # fmt: skip
             # First, so the upstream copy survives a crash; an overlapping request may have
             # stashed it already, and the connection is still ours to wipe.
@@ -380,7 +414,9 @@ class Revoker:
             return "destroyed"
         raise ConcurrencyConflict(f"{app}/{user} kept changing while being revoked")
 
-    def _revoke_upstream(self, app_id: str, user: str) -> tuple[str, str | None]:
+    def _revoke_upstream(
+        self, app_id: str, user: str, *, keep: bool = False
+    ) -> tuple[str, str | None]:
         """Revoke the stashed tokens once, whoever asks; the stored result for everyone else."""
         deadline = time.monotonic() + self._lease.total_seconds() + 5
         while True:
@@ -396,12 +432,12 @@ class Revoker:
                 fresh = self._store.read(PendingRevocation, app_id, user)
                 if fresh is None:
                     return self._recorded_upstream(app_id, user)
-                return self._attempt(fresh)
+                return self._attempt(fresh, keep=keep)
             if time.monotonic() > deadline:
                 return "pending", "another worker is revoking this credential upstream"
             time.sleep(0.1)
 
-    def _attempt(self, pending: PendingRevocation) -> tuple[str, str | None]:
+    def _attempt(self, pending: PendingRevocation, *, keep: bool) -> tuple[str, str | None]:
         app_id, user = pending.app, pending.user_id
         grant = Grant(access_token=pending.access_token, token_type="Bearer",  # noqa: S106
                       expires_at=None, refresh_token=pending.refresh_token, scopes=())  # fmt: skip
@@ -423,8 +459,17 @@ class Revoker:
                 time.sleep(max(UPSTREAM_BACKOFF * 2**attempt, exc.retry_after or 0.0))
         now = self._clock.now()
         self._record_upstream(app_id, user, result if error is None else REVOKE_FAILED, error)
-        if error is None:
+        if error is None and not keep:
             self._store.remove(pending)  # the last copy of the secrets goes with it
+            return result, None
+        if error is None:
+            # The grant itself is done, but managed PATs still wait for their DELETE: keep what
+            # gets a bearer for them, listed as failed, for the nightly retry.
+            pending.state, pending.last_error = REVOKE_FAILED, "managed PATs not yet revoked"
+            pending.refresh_token = pending.access_token = None
+            pending.attempts, pending.last_attempt_at = pending.attempts + 1, now
+            pending.lease_owner = pending.lease_expires_at = None
+            self._store.save(pending)
             return result, None
         pending.state = REVOKE_FAILED
         pending.attempts += 1
@@ -466,14 +511,44 @@ class Revoker:
         """The nightly sweep's second chance for upstream revocations that kept failing."""
         counts = {REVOKED: 0, NOT_SUPPORTED: 0, REVOKE_FAILED: 0}
         for pending in self.failures():
+            keep = self._retry_pats(pending)
             pending.state = "pending"
             try:
                 self._store.save(pending)
             except ConcurrencyConflict:
                 continue
-            upstream, _ = self._revoke_upstream(pending.app, pending.user_id)
+            upstream, _ = self._revoke_upstream(pending.app, pending.user_id, keep=keep)
             counts[upstream] = counts.get(upstream, 0) + 1
         return counts
+
+    def _retry_pats(self, pending: PendingRevocation) -> bool:
+        """Retry the managed PATs of a revoked connection; True if some are still not revoked."""
+        if self._pats is None:
+            return False
+        failed = [p for p in self._pats.of_connection(pending.app, pending.user_id)
+                  if p.status == "revoke_failed"]  # fmt: skip
+        if not failed:
+            return False
+        bearer = None
+        with contextlib.suppress(KeystewardError):
+            app = self._apps.get(pending.app)
+            grant = Grant(
+                access_token=None,
+                token_type="Bearer",  # noqa: S106 - a token type
+                expires_at=None,
+                refresh_token=pending.refresh_token,
+                scopes=(),
+                msal_cache=pending.msal_cache,
+                msal_account=pending.msal_account,
+            )
+            fresh = self._drivers.for_app(app).refresh(app, grant)
+            bearer = fresh.access_token.reveal() if fresh.access_token else None
+            if fresh.msal_cache is not None:
+                pending.msal_cache = fresh.msal_cache
+        results = [
+            self._pats.revoke(p.id, actor="system:revocation", bearer=bearer) for p in failed
+        ]
+        return any(r["status"] != "revoked" for r in results)
 
 
 def _plain(secret: Secret | None) -> Secret | None:

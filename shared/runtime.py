@@ -28,6 +28,7 @@ from shared.events import EventPublisher
 from shared.expiry import ExpirySweep
 from shared.http import provider_session
 from shared.lease import Leases
+from shared.managed_pats import ManagedPats
 from shared.revocation import Revoker
 from shared.schedule import Schedule
 from shared.settings import Settings, get_settings
@@ -57,12 +58,16 @@ class Runtime:
     tokens: Tokens
     schedule: Schedule
     revoker: Revoker
+    managed_pats: ManagedPats
 
     def refresh_sweep(self) -> RefreshSweep:
         return RefreshSweep(self.schedule, self.connections, self.clock)
 
     def expiry_sweep(self) -> ExpirySweep:
-        return ExpirySweep(self.store, self.api_keys, self.audit, self.events, self.clock)
+        return ExpirySweep(
+            self.store, self.api_keys, self.audit, self.events, self.clock,
+            pats=self.managed_pats, apps=self.apps, connections=self.connections,
+        )  # fmt: skip
 
     def storage_reachable(self) -> bool:
         """Whether Table Storage answers now, within a short timeout and without retries."""
@@ -98,6 +103,30 @@ class Runtime:
         drivers = Drivers(http, clock)
         connections = ConnectionStore(store)
         schedule = Schedule(store)
+        tokens = Tokens(
+            connections=connections,
+            leases=Leases(store, clock),
+            schedule=schedule,
+            apps=apps,
+            drivers=drivers,
+            audit=audit,
+            events=events,
+            clock=clock,
+            lease_ttl=timedelta(seconds=settings.refresh_lease_seconds),
+        )
+        managed_pats = ManagedPats(
+            store=store,
+            tokens=tokens,
+            connections=connections,
+            apps=apps,
+            session=http,
+            audit=audit,
+            events=events,
+            queues=queues,
+            clock=clock,
+            grace=timedelta(minutes=settings.rotation_grace_minutes),
+            fault=settings.test_fault,
+        )
         return cls(
             settings=settings,
             clock=clock,
@@ -125,19 +154,10 @@ class Runtime:
                 allowed_return_urls=settings.allowed_return_urls,
                 schedule=schedule,
             ),
-            tokens=Tokens(
-                connections=connections,
-                leases=Leases(store, clock),
-                schedule=schedule,
-                apps=apps,
-                drivers=drivers,
-                audit=audit,
-                events=events,
-                clock=clock,
-                lease_ttl=timedelta(seconds=settings.refresh_lease_seconds),
-            ),
+            tokens=tokens,
             schedule=schedule,
             revoker=Revoker(
+                pats=managed_pats,
                 store=store,
                 connections=connections,
                 schedule=schedule,
@@ -149,6 +169,7 @@ class Runtime:
                 public_url=settings.public_url,
                 provider_timeout=settings.provider_timeout_seconds,
             ),
+            managed_pats=managed_pats,
         )
 
 

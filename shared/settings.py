@@ -35,6 +35,9 @@ EXPIRY_SWEEP_SCHEDULE = "KEYSTEWARD_EXPIRY_SWEEP_SCHEDULE"
 LOG_LEVEL = "KEYSTEWARD_LOG_LEVEL"
 REFRESH_LEASE_SECONDS = "KEYSTEWARD_REFRESH_LEASE_SECONDS"
 PROVIDER_TIMEOUT_SECONDS = "KEYSTEWARD_PROVIDER_TIMEOUT_SECONDS"
+ROTATION_GRACE_MINUTES = "KEYSTEWARD_ROTATION_GRACE_MINUTES"
+# Test only: kill the process at a named point of a PAT rotation (crash tests). Never set in Azure.
+TEST_FAULT = "KEYSTEWARD_TEST_FAULT"
 WEBSITE_HOSTNAME = "WEBSITE_HOSTNAME"  # set by Azure App Service / Functions
 
 # Every setting the code reads (the infrastructure test checks the Bicep app settings against it).
@@ -52,7 +55,9 @@ KEYSTEWARD_SETTINGS = (
     LOG_LEVEL,
     REFRESH_LEASE_SECONDS,
     PROVIDER_TIMEOUT_SECONDS,
+    ROTATION_GRACE_MINUTES,
 )
+TEST_SETTINGS = (TEST_FAULT,)
 
 DEFAULT_REFRESH_SCHEDULE = "0 */5 * * * *"
 DEFAULT_EXPIRY_SWEEP_SCHEDULE = "0 0 2 * * *"
@@ -95,6 +100,8 @@ class Settings:
     log_level: str = "INFO"
     refresh_lease_seconds: float = 30.0
     provider_timeout_seconds: float = 20.0
+    rotation_grace_minutes: float = 60.0
+    test_fault: str | None = None
     # The environment as read at start-up, for the apps file's ${NAME} secret references.
     environment: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -140,6 +147,10 @@ class Settings:
             provider_timeout_seconds=_number(
                 PROVIDER_TIMEOUT_SECONDS, get(PROVIDER_TIMEOUT_SECONDS), 20.0
             ),
+            rotation_grace_minutes=_number(
+                ROTATION_GRACE_MINUTES, get(ROTATION_GRACE_MINUTES), 60.0
+            ),
+            test_fault=get(TEST_FAULT),
             environment=dict(env),
         )
 

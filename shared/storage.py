@@ -67,12 +67,14 @@ def queue_client(service: QueueServiceClient, name: str) -> QueueClient:
     return service.get_queue_client(name)
 
 
-def send(service: QueueServiceClient, name: str, text: str) -> None:
-    """Put one message on a queue (created if missing), encoded as the host reads it."""
+def send(service: QueueServiceClient, name: str, text: str, delay: float = 0) -> None:
+    """Put one message on a queue (created if missing), encoded as the host reads it, visible
+    after ``delay`` seconds (at most 7 days, the queue's limit)."""
     client = service.get_queue_client(name)
+    visibility = min(int(delay), 7 * 24 * 3600) or None
     try:
-        client.send_message(encode_message(text))
+        client.send_message(encode_message(text), visibility_timeout=visibility)
     except ResourceNotFoundError:
         with contextlib.suppress(ResourceExistsError):
             client.create_queue()
-        client.send_message(encode_message(text))
+        client.send_message(encode_message(text), visibility_timeout=visibility)

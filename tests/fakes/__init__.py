@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.fakes.ado_pats import AdoPatsFake
 from tests.fakes.azure_devops_oauth import AzureDevOpsApp, AzureDevOpsOAuthFake
 from tests.fakes.base import FakeServer, Recorded
 from tests.fakes.oauth import pkce_pair, s256
@@ -9,6 +10,7 @@ from tests.fakes.pagerduty import PagerDutyApp, PagerDutyFake
 from tests.fakes.tokens import Token, TokenState
 
 __all__ = [
+    "AdoPatsFake",
     "AzureDevOpsApp",
     "AzureDevOpsOAuthFake",
     "FakeServer",

@@ -31,6 +31,7 @@ from shared.events import LIFECYCLE_QUEUE
 from shared.settings import Settings
 from shared.storage import decode_message, table_service
 from shared.store import Store
+from tests.fakes.ado_pats import AdoPatsFake
 from tests.fakes.azure_devops_oauth import AzureDevOpsApp, AzureDevOpsOAuthFake
 from tests.fakes.pagerduty import PagerDutyApp, PagerDutyFake
 from tests.peers.devhost import DevHost, start_devhost
@@ -46,6 +47,7 @@ PD_CLIENT_ID = "pd-client-id"
 ADO_CLIENT_ID = "6b9c2f1e-4a3d-4c55-9f0e-2d1b7a8c9e01"
 RETURN_URL = "https://portal.example.com/connected"
 LEASE_SECONDS = 6
+GRACE_MINUTES = 0.03  # about 2 seconds
 PROVIDER_TIMEOUT = 3
 
 
@@ -60,6 +62,7 @@ class World:
     admin_key: str
     keys: ApiKeys
     env: dict[str, str]
+    ado_pats: AdoPatsFake
     http: requests.Session = field(default_factory=requests.Session)
     seen_events: list[dict[str, Any]] = field(default_factory=list)
 
@@ -198,6 +201,15 @@ def running_world(base_env: dict[str, str], directory: Path) -> Iterator[World]:
                            allow_http_loopback=True),
         ).start()  # fmt: skip
         stack.callback(ado.stop)
+
+        def entra_user(token: str) -> str | None:
+            # Azure DevOps accepts the user's Entra access token: ask the issuer whose it is.
+            found = entra_op.introspect(token, "entra-demo-client", SECRETS["ENTRA_DEMO_SECRET"])
+            return str(found["sub"]) if found.get("active") else None
+
+        ado_pats = AdoPatsFake(organizations=("contoso", "fabrikam"), bearer=entra_user,
+                               page_size=2).start()  # fmt: skip
+        stack.callback(ado_pats.stop)
         apps = {
             "apps": {
                 "oidc-demo": {
@@ -209,6 +221,9 @@ def running_world(base_env: dict[str, str], directory: Path) -> Iterator[World]:
                     "provider": "entra", "oidc_authority": entra_op.issuer,
                     "client_id": "entra-demo-client", "client_secret": "${ENTRA_DEMO_SECRET}",
                     "scopes": ["api.read"], "prompt": "consent",
+                    "organization": "contoso", "pat_api_url": ado_pats.url,
+                    "devops_url": ado_pats.url,
+                    "client_secret_expires_at": "2026-12-01",
                 },
                 "pagerduty-incidents": {
                     "provider": "pagerduty", "client_id": PD_CLIENT_ID,
@@ -255,6 +270,7 @@ def running_world(base_env: dict[str, str], directory: Path) -> Iterator[World]:
             # Short enough that crash and timeout tests finish quickly.
             "KEYSTEWARD_REFRESH_LEASE_SECONDS": str(LEASE_SECONDS),
             "KEYSTEWARD_PROVIDER_TIMEOUT_SECONDS": str(PROVIDER_TIMEOUT),
+            "KEYSTEWARD_ROTATION_GRACE_MINUTES": str(GRACE_MINUTES),
         }
         host = start_devhost(env, directory / "devhost.log", port=port)
         stack.callback(host.stop)
@@ -262,4 +278,4 @@ def running_world(base_env: dict[str, str], directory: Path) -> Iterator[World]:
         store = Store(table_service(settings.storage), KeyRing(settings.encryption_keys))
         keys = ApiKeys(store, AuditLog(store, SystemClock()), SystemClock())
         _, admin = keys.create(name="admin", scopes=list(SCOPES), resources=["*"], actor="test")
-        yield World(host, oidc, entra_op, pagerduty, ado, store, admin, keys, env)
+        yield World(host, oidc, entra_op, pagerduty, ado, store, admin, keys, env, ado_pats)

@@ -1,0 +1,112 @@
+"""Managed Azure DevOps PATs: create, inventory, state, extend, revoke, rotate, current secret."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import azure.functions as func
+
+from functions._auth import authorized
+from functions._blueprint import blueprint
+from functions._http import endpoint, json_response, read_json
+from shared.apikeys import Principal
+from shared.managed_pats import ROTATION_QUEUE, ManagedPat
+from shared.runtime import get_runtime
+
+bp = blueprint()
+log = logging.getLogger("keysteward.pats")
+READ, MANAGE, SECRET = "pats:read", "pats:manage", "pats:read-secret"
+_CREATE_FIELDS = {"organization", "display_name", "scope", "lifetime_days", "all_orgs",
+                  "rotate_before_days", "auto_rotate"}  # fmt: skip
+
+
+def _pat(req: func.HttpRequest, principal: Principal, scope: str) -> ManagedPat:
+    pat = get_runtime().managed_pats.get(req.route_params["id"])
+    principal.require_resource(scope, pat.app, pat.user_id)
+    return pat
+
+
+@bp.route(route="connections/{app}/{user_id}/pats", methods=["POST"],
+          auth_level=func.AuthLevel.ANONYMOUS)  # fmt: skip
+@endpoint
+@authorized(MANAGE)
+def create_pat(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
+    app, user_id = req.route_params["app"], req.route_params["user_id"]
+    principal.require_resource(MANAGE, app, user_id)
+    body = read_json(req, allowed=_CREATE_FIELDS)
+    pat, secret = get_runtime().managed_pats.create(app, user_id, body, actor=principal.actor)
+    return json_response({**pat.public(), "secret": secret.reveal()}, status=201)
+
+
+@bp.route(route="connections/{app}/{user_id}/pats", methods=["GET"],
+          auth_level=func.AuthLevel.ANONYMOUS)  # fmt: skip
+@endpoint
+@authorized(READ)
+def list_pats(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
+    app, user_id = req.route_params["app"], req.route_params["user_id"]
+    principal.require_resource(READ, app, user_id)
+    pats = get_runtime().managed_pats.inventory(app, user_id, req.params.get("organization"))
+    return json_response({"pats": pats})
+
+
+@bp.route(route="pats/{id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@endpoint
+@authorized(READ)
+def get_pat(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
+    return json_response(_pat(req, principal, READ).public())
+
+
+@bp.route(route="pats/{id}", methods=["PATCH"], auth_level=func.AuthLevel.ANONYMOUS)
+@endpoint
+@authorized(MANAGE)
+def extend_pat(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
+    pat = _pat(req, principal, MANAGE)
+    body = read_json(req, allowed={"extend_days"})
+    return json_response(
+        get_runtime().managed_pats.extend(pat.id, body, actor=principal.actor).public()
+    )
+
+
+@bp.route(route="pats/{id}", methods=["DELETE"], auth_level=func.AuthLevel.ANONYMOUS)
+@endpoint
+@authorized(MANAGE)
+def revoke_pat(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
+    pat = _pat(req, principal, MANAGE)
+    return json_response(get_runtime().managed_pats.revoke(pat.id, actor=principal.actor))
+
+
+@bp.route(route="pats/{id}/rotate", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@endpoint
+@authorized(MANAGE)
+def rotate_pat(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
+    pat = _pat(req, principal, MANAGE)
+    pat, started = get_runtime().managed_pats.start_rotation(pat.id, actor=principal.actor,
+                                                             reason="requested")  # fmt: skip
+    return json_response({"id": pat.id, "rotation_id": pat.rotation_id, "step": pat.rotation_step,
+                          "started": started}, status=202)  # fmt: skip
+
+
+@bp.route(route="pats/{id}/secret", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@endpoint
+@authorized(SECRET)
+def get_pat_secret(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
+    pat = _pat(req, principal, SECRET)
+    return json_response(get_runtime().managed_pats.secret(pat.id))
+
+
+@bp.queue_trigger(arg_name="msg", queue_name=ROTATION_QUEUE, connection="AzureWebJobsStorage")
+def rotate_pat_step(msg: func.QueueMessage) -> None:
+    try:
+        body = json.loads(msg.get_body())
+        pat_id, rotation_id = str(body["pat_id"]), str(body["rotation_id"])
+    except (ValueError, KeyError, TypeError):
+        log.error("rotation-requests: malformed message %s dropped", msg.id)
+        return
+    service = get_runtime().managed_pats
+    wait = service.rotate(pat_id, rotation_id)
+    if wait is not None:
+        # The next step later (grace period, back-off): a delayed message survives restarts.
+        service.enqueue(pat_id, rotation_id, delay=max(wait, 1))
+    log.info("rotation %s of %s: %s", rotation_id, pat_id,
+             "done" if wait is None else f"next in {wait:.0f} s")  # fmt: skip

@@ -1,0 +1,236 @@
+"""Managed Azure DevOps PATs against the PAT API fake, with bearers from a real Entra-like OIDC
+server (MSAL) validated by the fake through introspection."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from azure.storage.queue import QueueServiceClient
+
+from shared.errors import KeystewardError
+from shared.managed_pats import ROTATION_QUEUE, ManagedPat
+from shared.storage import encode_message
+from shared.pats import ALL_ERRORS, PatApi, PatError
+from tests.fakes.ado_pats import PAT_TOKEN_ERRORS
+from tests.peers.processes import ROOT, spawn, wait_until
+from tests.peers.world import World
+
+APP = "entra-demo"
+
+
+def connect(world: World, user: str) -> None:
+    assert world.connect(APP, user).status_code == 200
+
+
+def create(world: World, user: str, **body: Any) -> requests.Response:
+    payload = {"display_name": "pipeline", "scope": "vso.packaging", "lifetime_days": 30, **body}
+    return world.call("POST", f"connections/{APP}/{user}/pats", json=payload)
+
+
+def made(world: World, user: str, **body: Any) -> dict[str, Any]:
+    response = create(world, user, **body)
+    assert response.status_code == 201, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def stored(world: World, pat_id: str) -> ManagedPat:
+    pat = world.store.read(ManagedPat, pat_id, "pat")
+    assert pat is not None
+    return pat
+
+
+def test_create_returns_the_secret_once_and_it_works(world: World) -> None:
+    connect(world, "p-create")
+    pat = made(world, "p-create")
+    secret = pat.pop("secret")
+    assert world.ado_pats.secret_active(secret)
+    assert "secret" not in world.call("GET", f"pats/{pat['id']}").json()
+    raw = world.store.get("Pats", pat["id"], "pat")
+    assert raw is not None
+    assert secret not in repr(raw.data)
+    read = world.key(["pats:read"], ["*"])
+    assert world.call("GET", f"pats/{pat['id']}/secret", read).status_code == 403
+    reader = world.key(["pats:read-secret"], [f"{APP}/p-create"])
+    again = world.call("GET", f"pats/{pat['id']}/secret", reader)
+    assert again.status_code == 200
+    assert again.json()["secret"] == secret
+    assert again.headers["Cache-Control"] == "no-store"
+    other = world.key(["pats:read-secret"], [f"{APP}/someone-else"])
+    assert world.call("GET", f"pats/{pat['id']}/secret", other).status_code == 403
+
+
+def test_the_lifetime_is_read_back_when_a_policy_clamps_it(world: World) -> None:
+    connect(world, "p-clamp")
+    world.ado_pats.max_lifespan_days = 7
+    try:
+        pat = made(world, "p-clamp", lifetime_days=90, rotate_before_days=3)
+        valid_to = datetime.fromisoformat(pat["valid_to"])
+        assert valid_to - datetime.now(UTC) < timedelta(days=7, minutes=5)
+        extended = world.call("PATCH", f"pats/{pat['id']}", json={"extend_days": 60})
+        assert extended.status_code == 200
+        assert datetime.fromisoformat(extended.json()["valid_to"]) - datetime.now(UTC) < timedelta(
+            days=7, minutes=5
+        )
+    finally:
+        world.ado_pats.max_lifespan_days = None
+
+
+def test_inventory_lists_every_page_with_managed_ones_marked(world: World) -> None:
+    connect(world, "p-list")
+    mine = made(world, "p-list")
+    for i in range(3):  # page_size is 2: the list spans pages
+        world.ado_pats.seed("p-list", f"made in the UI {i}", scope="vso.code",
+                            valid_to=(datetime.now(UTC) + timedelta(days=20)).timestamp(),
+                            organization="contoso")  # fmt: skip
+    listed = world.call("GET", f"connections/{APP}/p-list/pats").json()["pats"]
+    assert len(listed) == 4
+    managed = [p for p in listed if p["managed"]]
+    assert [p["managed_id"] for p in managed] == [mine["id"]]
+    assert all(p["managed_id"] is None for p in listed if not p["managed"])
+
+
+def test_delete_revokes_it_at_azure_devops_and_locally(world: World) -> None:
+    connect(world, "p-delete")
+    pat = made(world, "p-delete")
+    response = world.call("DELETE", f"pats/{pat['id']}")
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "revoked"
+    assert not world.ado_pats.secret_active(pat["secret"])
+    assert world.call("GET", f"pats/{pat['id']}/secret").status_code == 410
+
+
+def test_create_needs_an_entra_connection_and_valid_input(world: World) -> None:
+    connect(world, "p-input")
+    for body, message in [
+        ({"display_name": ""}, "display_name"),
+        ({"lifetime_days": 0}, "lifetime_days"),
+        ({"lifetime_days": 400}, "lifetime_days"),
+        ({"organization": "no spaces allowed"}, "organization"),
+        ({"all_orgs": "yes"}, "all_orgs"),
+    ]:
+        response = create(world, "p-input", **body)
+        assert response.status_code == 400, body
+        assert message in response.json()["message"]
+    assert create(world, "nobody").status_code == 404
+    wrong = world.call("POST", "connections/oidc-demo/x/pats",
+                       json={"display_name": "d", "scope": "s"})  # fmt: skip
+    assert wrong.status_code in (400, 404)
+
+
+@pytest.fixture(scope="module")
+def bearer(world: World) -> str:
+    connect(world, "p-errors")
+    return str(world.token(APP, "p-errors").json()["access_token"])
+
+
+@pytest.mark.parametrize("status", [200, 400])
+@pytest.mark.parametrize("enum", PAT_TOKEN_ERRORS[1:])
+def test_every_pat_token_error_becomes_a_clear_domain_error(
+    world: World, bearer: str, enum: str, status: int
+) -> None:
+    """The status that comes with patTokenError is unconfirmed: both are read."""
+    assert enum in ALL_ERRORS
+    world.ado_pats.error_status = status
+    world.ado_pats.inject_error(enum)
+    try:
+        api = PatApi(requests.Session(), api_url=world.ado_pats.url, org_url=world.ado_pats.url)
+        with pytest.raises(KeystewardError) as caught:
+            api.create(bearer, "contoso", display_name="d", scope="vso.code",
+                       valid_to=datetime.now(UTC) + timedelta(days=1), all_orgs=False)  # fmt: skip
+        error = caught.value
+        assert enum in str(error)
+        assert getattr(error, "status", 0) >= 400
+        if isinstance(error, PatError):
+            assert error.pat_error == enum
+    finally:
+        world.ado_pats.error_status = 400
+
+
+def wait_rotated(world: World, pat_id: str, rotations: int = 1) -> ManagedPat:
+    def done() -> ManagedPat | None:
+        pat = stored(world, pat_id)
+        return pat if pat.rotations >= rotations and pat.rotation_id is None else None
+
+    return wait_until(done, timeout=60, what="the rotation to finish")
+
+
+def active_managed(world: World, user: str) -> list[dict[str, Any]]:
+    return [p for p in world.ado_pats.active(user) if "[ks " in p["display_name"]]
+
+
+def test_a_rotation_runs_create_test_promote_revoke(world: World) -> None:
+    connect(world, "p-rotate")
+    pat = made(world, "p-rotate", lifetime_days=30)
+    response = world.call("POST", f"pats/{pat['id']}/rotate")
+    assert response.status_code == 202
+    assert response.json()["started"] is True
+    again = world.call("POST", f"pats/{pat['id']}/rotate")  # merged, never a second rotation
+    assert again.status_code == 202
+    assert again.json()["rotation_id"] == response.json()["rotation_id"]
+    done = wait_rotated(world, pat["id"])
+    active = active_managed(world, "p-rotate")
+    assert len(active) == 1
+    assert done.secret is not None
+    assert active[0]["token"] == done.secret.reveal()
+    assert not world.ado_pats.secret_active(pat["secret"])  # the previous one, after the grace
+    assert world.call("GET", f"pats/{pat['id']}/secret").json()["secret"] == done.secret.reveal()
+    assert len(world.events(f"pat:{pat['id']}", "keysteward.credential.rotated")) == 1
+
+
+WORKER = """
+import os, sys, time
+from shared.runtime import Runtime
+from shared.settings import Settings
+runtime = Runtime.build(Settings.from_env(os.environ))
+wait = runtime.managed_pats.rotate(sys.argv[1], sys.argv[2])
+while wait is not None:  # what the queue's delayed redelivery does, in one process
+    time.sleep(wait)
+    wait = runtime.managed_pats.rotate(sys.argv[1], sys.argv[2])
+"""
+
+BOUNDARIES = ["before-create", "created", "after-create", "after-test", "promoted",
+              "after-promote", "after-revoke"]  # fmt: skip
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_a_rotation_killed_at_each_step_boundary_completes(
+    world: World, boundary: str, tmp_path: Path
+) -> None:
+    user = f"p-crash-{boundary}"
+    connect(world, user)
+    pat = made(world, user)
+    # A rotation started without a queue message, so the worker below (the queue function's own
+    # code, in a process we can kill) is the only one to run it.
+    row = stored(world, pat["id"])
+    rotation = "rot-crash-" + boundary
+    row.rotation_id, row.rotation_step = rotation, "create"
+    row.rotation_started_at = datetime.now(UTC)
+    world.store.save(row)
+    env = {**world.env, "KEYSTEWARD_TEST_FAULT": boundary}
+    worker = spawn([sys.executable, "-c", WORKER, pat["id"], rotation], env=env, cwd=ROOT,
+                   log=tmp_path / "worker.log")  # fmt: skip
+    code = worker.wait(timeout=60)
+    assert code == -9, (tmp_path / "worker.log").read_text()  # SIGKILL at the boundary
+    # The killed worker's lease on the row would expire on its own; expire it now.
+    crashed = stored(world, pat["id"])
+    crashed.lease_expires_at = datetime.now(UTC) - timedelta(seconds=1)
+    world.store.save(crashed)
+    # Restart: the message redelivered, to the devhost's queue function.
+    queue = QueueServiceClient.from_connection_string(world.env["AzureWebJobsStorage"])
+    queue.get_queue_client(ROTATION_QUEUE).send_message(
+        encode_message(json.dumps({"pat_id": pat["id"], "rotation_id": rotation}))
+    )
+    done = wait_rotated(world, pat["id"])
+    active = active_managed(world, user)
+    assert len(active) == 1, [a["display_name"] for a in active]
+    assert done.secret is not None
+    assert active[0]["token"] == done.secret.reveal()
+    assert not world.ado_pats.secret_active(pat["secret"])
+    assert len(world.events(f"pat:{pat['id']}", "keysteward.credential.rotated")) == 1
