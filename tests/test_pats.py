@@ -15,8 +15,8 @@ from azure.storage.queue import QueueServiceClient
 
 from shared.errors import KeystewardError
 from shared.managed_pats import ROTATION_QUEUE, ManagedPat
-from shared.storage import encode_message
 from shared.pats import ALL_ERRORS, PatApi, PatError
+from shared.storage import encode_message
 from tests.fakes.ado_pats import PAT_TOKEN_ERRORS
 from tests.peers.processes import ROOT, spawn, wait_until
 from tests.peers.world import World
@@ -108,13 +108,14 @@ def test_delete_revokes_it_at_azure_devops_and_locally(world: World) -> None:
 
 def test_create_needs_an_entra_connection_and_valid_input(world: World) -> None:
     connect(world, "p-input")
-    for body, message in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"display_name": ""}, "display_name"),
         ({"lifetime_days": 0}, "lifetime_days"),
         ({"lifetime_days": 400}, "lifetime_days"),
         ({"organization": "no spaces allowed"}, "organization"),
         ({"all_orgs": "yes"}, "all_orgs"),
-    ]:
+    ]
+    for body, message in cases:
         response = create(world, "p-input", **body)
         assert response.status_code == 400, body
         assert message in response.json()["message"]
@@ -158,7 +159,9 @@ def wait_rotated(world: World, pat_id: str, rotations: int = 1) -> ManagedPat:
         pat = stored(world, pat_id)
         return pat if pat.rotations >= rotations and pat.rotation_id is None else None
 
-    return wait_until(done, timeout=60, what="the rotation to finish")
+    found = wait_until(done, timeout=60, what="the rotation to finish")
+    assert found is not None
+    return found
 
 
 def active_managed(world: World, user: str) -> list[dict[str, Any]]:
