@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,83 @@ def keys_delete(args: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
     return {"deleted": args.id}
 
 
+def status(args: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
+    now = rt.clock.now()
+
+    def days(when: datetime | None) -> float | None:
+        return None if when is None else round((when - now).total_seconds() / 86400, 1)
+
+    return {
+        "connections": [
+            {"resource": c.resource, "provider": c.provider, "status": c.status.value,
+             "expires_at": c.access_expires_at.isoformat() if c.access_expires_at else None,
+             "days_left": days(c.access_expires_at), "last_error": c.last_error}
+            for c in rt.connections.all()
+        ],
+        "managed_pats": [
+            {"id": p.id, "resource": f"{p.app}/{p.user_id}", "status": p.status.value,
+             "rotation": p.rotation_step, "expires_at": p.valid_to.isoformat() if p.valid_to
+             else None, "days_left": days(p.valid_to), "last_error": p.last_error}
+            for p in rt.managed_pats.all()
+        ],
+        "api_keys": [
+            {"id": k.id, "name": k.name, "status": "expired" if k.expires_at <= now else "active",
+             "expires_at": k.expires_at.isoformat(), "days_left": days(k.expires_at)}
+            for k in rt.api_keys.list()
+        ],
+        "revocation_failures": [p.public() for p in rt.revoker.failures()],
+    }  # fmt: skip
+
+
+_RED, _YELLOW, _GREEN, _RESET = "\033[31m", "\033[33m", "\033[32m", "\033[0m"
+
+
+def _colour(text: str, state: str, days_left: float | None) -> str:
+    if not sys.stdout.isatty() or os.environ.get("NO_COLOR"):
+        return text
+    if state in ("needs_reauth", "revoke_failed", "expired") or (
+        days_left is not None and days_left < 1
+    ):
+        return f"{_RED}{text}{_RESET}"
+    if state in ("revoked", "creating") or (days_left is not None and days_left < 10):
+        return f"{_YELLOW}{text}{_RESET}"
+    return f"{_GREEN}{text}{_RESET}"
+
+
+def _print_status(data: dict[str, Any]) -> None:
+    rows: list[tuple[str, str, str, str, float | None]] = []
+    for c in data["connections"]:
+        rows.append(
+            ("connection", c["resource"], c["status"], c["expires_at"] or "-", c["days_left"])
+        )
+    for p in data["managed_pats"]:
+        state = p["status"] + (f" (rotating: {p['rotation']})" if p["rotation"] else "")
+        rows.append(("managed PAT", f"{p['id']} {p['resource']}", state, p["expires_at"] or "-",
+                     p["days_left"]))  # fmt: skip
+    for k in data["api_keys"]:
+        rows.append(("API key", f"{k['id']} {k['name']}", k["status"], k["expires_at"],
+                     k["days_left"]))  # fmt: skip
+    for f in data["revocation_failures"]:
+        rows.append(("revocation", f["credential"], "revoke_failed", "-", None))
+    if not rows:
+        print("nothing stored yet")
+        return
+    header = ("KIND", "WHAT", "STATUS", "EXPIRES", "DAYS")
+    table = [(kind, what, state, expires[:16], "-" if left is None else f"{left:g}")
+             for kind, what, state, expires, left in rows]  # fmt: skip
+    widths = [max(len(r[i]) for r in [header, *table]) for i in range(5)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    for (kind, what, state, expires, left), (_, _, _, _, number) in zip(table, rows, strict=True):
+        cells = [
+            kind.ljust(widths[0]),
+            what.ljust(widths[1]),
+            _colour(state.ljust(widths[2]), state.split()[0], number),
+            expires.ljust(widths[3]),
+            _colour(left.rjust(widths[4]), state, number),
+        ]
+        print("  ".join(cells))
+
+
 def _print_key(data: dict[str, Any]) -> None:
     print(f"{data['name']}  (id {data['id']})")
     print(f"  owner      {data['owner'] or '-'}")
@@ -93,7 +171,9 @@ def _print_key(data: dict[str, Any]) -> None:
 
 
 def _human(command: str, data: dict[str, Any]) -> None:
-    if command == "list":
+    if command == "status":
+        _print_status(data)
+    elif command == "list":
         keys = data["keys"]
         if not keys:
             print("no API keys")
@@ -119,7 +199,15 @@ def parser() -> argparse.ArgumentParser:
         "(environment variables, or --env-file).",
     )
     top.add_argument("--env-file", type=Path, help="read settings from NAME=VALUE lines first")
-    areas = top.add_subparsers(dest="area", required=True, metavar="{keys}")
+    areas = top.add_subparsers(dest="area", required=True, metavar="{keys,status}")
+    overview = areas.add_parser(
+        "status", help="connections, managed PATs, API keys and stuck revocations at a glance",
+        description="A table of connections, managed PATs and API keys with status and days to "
+        "expiry (coloured on a terminal; NO_COLOR turns colour off), and revocations that keep "
+        "failing upstream.",
+    )  # fmt: skip
+    overview.add_argument("--json", action="store_true", help="print JSON for scripts")
+    overview.set_defaults(func=status, verb="status")
     keys = areas.add_parser("keys", help="scoped API keys", description="Scoped API keys.")
     verbs = keys.add_subparsers(dest="verb", required=True)
 

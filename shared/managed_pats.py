@@ -380,6 +380,9 @@ class ManagedPats:
             if pat.status != PatStatus.ACTIVE:
                 raise Gone(f"the managed PAT '{pat_id}' is {pat.status.value}")
             if pat.rotation_id:
+                # Join it, and nudge it: its next step runs now if nothing holds it (a message
+                # lost to a poison queue would otherwise leave it stuck).
+                self.enqueue(pat.id, pat.rotation_id)
                 return pat, False
             pat.rotation_id = f"rot-{uuid.uuid4().hex[:16]}"
             pat.rotation_step, pat.rotation_started_at = "create", self._clock.now()

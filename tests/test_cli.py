@@ -395,3 +395,23 @@ def test_a_cli_made_admin_key_works_over_http(app_env: dict[str, str], world: Wo
     narrow = ok_json(app_env, *CREATE)
     assert call("GET", "keys", narrow["key"]).status_code == 403
     ok(app_env, "keys", "delete", narrow["id"])
+
+
+def test_status_shows_connections_pats_and_keys(world: World) -> None:
+    """`./keysteward status`: a table for people, JSON for scripts."""
+    assert world.connect("oidc-demo", "status-user@contoso.com").status_code == 200
+    env = world.env
+    table = subprocess.run([str(ROOT / "keysteward"), "status"], env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    assert "oidc-demo/status-user@contoso.com" in table.stdout
+    assert "KIND" in table.stdout
+    assert "\033[" not in table.stdout  # no colour when not on a terminal
+    as_json = subprocess.run([str(ROOT / "keysteward"), "status", "--json"], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    data = json.loads(as_json.stdout)
+    assert set(data) == {"connections", "managed_pats", "api_keys", "revocation_failures"}
+    mine = [c for c in data["connections"] if c["resource"] == "oidc-demo/status-user@contoso.com"]
+    assert mine[0]["status"] == "active"
+    assert mine[0]["days_left"] is not None
+    assert any(k["name"] == "admin" for k in data["api_keys"])

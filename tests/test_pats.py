@@ -237,3 +237,74 @@ def test_a_rotation_killed_at_each_step_boundary_completes(
     assert active[0]["token"] == done.secret.reveal()
     assert not world.ado_pats.secret_active(pat["secret"])
     assert len(world.events(f"pat:{pat['id']}", "keysteward.credential.rotated")) == 1
+
+
+def nightly(world: World) -> None:
+    response = requests.post(f"{world.devhost.url}/admin/functions/expiry_sweep", json={},
+                             timeout=120)  # fmt: skip
+    assert response.status_code == 202, response.text
+
+
+def test_the_nightly_sweep_rotates_due_pats_and_warns_once_for_the_rest(world: World) -> None:
+    connect(world, "p-sweep")
+    due = made(world, "p-sweep", lifetime_days=5, rotate_before_days=5)
+    manual = made(world, "p-sweep", lifetime_days=5, rotate_before_days=1, auto_rotate=False)
+    unmanaged = world.ado_pats.seed("p-sweep", "made by hand", scope="vso.code",
+                                    valid_to=(datetime.now(UTC) + timedelta(days=5)).timestamp(),
+                                    organization="contoso")  # fmt: skip
+    nightly(world)
+    nightly(world)  # a second night warns nobody twice
+    wait_rotated(world, due["id"])
+    warned = world.events(f"pat:{manual['id']}", "keysteward.credential.expiring")
+    assert [e["data"]["threshold_days"] for e in warned] == [10]
+    assert warned[0]["data"]["managed"] is True
+    found = world.events(f"pat:{unmanaged['authorization_id']}", "keysteward.credential.expiring")
+    assert len(found) == 1
+    assert found[0]["data"]["managed"] is False
+    assert found[0]["data"]["user_id"] == "p-sweep"
+    secret = world.events("app:entra-demo", "keysteward.credential.expiring")
+    assert len(secret) == 1
+    assert secret[0]["data"]["type"] == "app_client_secret"
+
+
+def test_revoking_a_user_revokes_their_managed_pats(world: World) -> None:
+    connect(world, "p-revoke")
+    pat = made(world, "p-revoke")
+    accepted = world.call("POST", "revocations", json={"user_id": "p-revoke", "reason": "left"})
+    assert accepted.status_code == 202
+
+    def finished() -> dict[str, Any] | None:
+        body: dict[str, Any] = requests.get(
+            accepted.json()["status_url"], timeout=30,
+            headers={"Authorization": f"Bearer {world.admin_key}"},
+        ).json()  # fmt: skip
+        return body if body["status"].startswith("completed") else None
+
+    result = wait_until(finished, timeout=60, what="the revocation")
+    assert result is not None
+    assert result["status"] == "completed"
+    pats = [o for o in result["outcomes"] if o["type"] == "managed_pat"]
+    assert [(o["credential"], o["upstream"]) for o in pats] == [(f"pat:{pat['id']}", "revoked")]
+    assert not world.ado_pats.secret_active(pat["secret"])
+    assert world.call("GET", f"pats/{pat['id']}/secret").status_code == 410
+
+
+def test_a_pat_whose_delete_fails_is_listed_and_retried_by_the_nightly_sweep(
+    world: World,
+) -> None:
+    connect(world, "p-stuck")
+    pat = made(world, "p-stuck")
+    world.ado_pats.fail_next("/_apis/tokens/pats", 503)
+    response = world.call("DELETE", f"connections/{APP}/p-stuck")
+    assert response.status_code == 200, response.text
+    assert [p["upstream"] for p in response.json()["pats"]] == ["revoke_failed"]
+    assert world.ado_pats.secret_active(pat["secret"])  # still alive at Azure DevOps
+    assert stored(world, pat["id"]).status == "revoke_failed"
+    assert world.call("GET", f"pats/{pat['id']}/secret").status_code == 410  # never served again
+    failures = world.call("GET", "revocation-failures").json()["failures"]
+    assert f"{APP}/p-stuck" in {f["credential"] for f in failures}
+    nightly(world)
+    assert not world.ado_pats.secret_active(pat["secret"])
+    assert stored(world, pat["id"]).status == "revoked"
+    failures = world.call("GET", "revocation-failures").json()["failures"]
+    assert f"{APP}/p-stuck" not in {f["credential"] for f in failures}

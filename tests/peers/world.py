@@ -223,7 +223,10 @@ def running_world(base_env: dict[str, str], directory: Path) -> Iterator[World]:
                     "scopes": ["api.read"], "prompt": "consent",
                     "organization": "contoso", "pat_api_url": ado_pats.url,
                     "devops_url": ado_pats.url,
-                    "client_secret_expires_at": "2026-12-01",
+                    # Expiring soon, whatever the day the suite runs.
+                    "client_secret_expires_at": (datetime.now(UTC) + timedelta(days=5))
+                    .date()
+                    .isoformat(),
                 },
                 "pagerduty-incidents": {
                     "provider": "pagerduty", "client_id": PD_CLIENT_ID,
