@@ -52,13 +52,19 @@ def key_ring(key_ring_spec: str) -> KeyRing:
 
 @pytest.fixture
 def tables(storage_settings: StorageSettings) -> Iterator[TableServiceClient]:
-    """The table service, emptied of every table after the test."""
+    """The table service with no table before the test (other modules' devhosts write to the same
+    Azurite) and none left after it."""
     service = table_service(storage_settings)
+
+    def empty() -> None:
+        for table in list(service.list_tables()):
+            service.delete_table(table.name)
+
+    empty()
     try:
         yield service
     finally:
-        for table in list(service.list_tables()):
-            service.delete_table(table.name)
+        empty()
 
 
 @pytest.fixture

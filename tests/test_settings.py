@@ -164,3 +164,9 @@ def test_only_the_settings_module_reads_the_environment() -> None:
         if "os.environ" in path.read_text() or "os.getenv" in path.read_text()
     ]
     assert readers == ["shared/settings.py"]
+
+
+def test_every_setting_is_documented() -> None:
+    documented = (ROOT / "docs" / "configuration.md").read_text()
+    for name in (*s.KEYSTEWARD_SETTINGS, *s.TEST_SETTINGS, s.STORAGE):
+        assert f"`{name}`" in documented, name
