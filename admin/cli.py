@@ -18,6 +18,7 @@ from typing import Any
 
 from shared.apikeys import MAX_DAYS, SCOPES
 from shared.errors import KeystewardError
+from shared.rekey import rekey
 from shared.runtime import Runtime
 from shared.settings import Settings
 
@@ -112,6 +113,13 @@ def status(args: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
 _RED, _YELLOW, _GREEN, _RESET = "\033[31m", "\033[33m", "\033[32m", "\033[0m"
 
 
+def rekey_command(args: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
+    report = rekey(rt.store, dry_run=args.dry_run)
+    return {"primary": rt.store.ring.primary if rt.store.ring else None, "dry_run": args.dry_run,
+            "checked": report.checked, "resealed": report.resealed,
+            "still_under_old_keys": report.old_kids}  # fmt: skip
+
+
 def _colour(text: str, state: str, days_left: float | None) -> str:
     if not sys.stdout.isatty() or os.environ.get("NO_COLOR"):
         return text
@@ -171,7 +179,15 @@ def _print_key(data: dict[str, Any]) -> None:
 
 
 def _human(command: str, data: dict[str, Any]) -> None:
-    if command == "status":
+    if command == "rekey":
+        verb = "would re-seal" if data["dry_run"] else "re-sealed"
+        for table, checked in data["checked"].items():
+            print(f"{table:<20} {checked:>6} rows checked, {verb} {data['resealed'][table]}")
+        if data["dry_run"]:
+            print(f"values under older keys: {data['still_under_old_keys'] or 'none'}")
+        else:
+            print(f"every sealed value is now under '{data['primary']}'")
+    elif command == "status":
         _print_status(data)
     elif command == "list":
         keys = data["keys"]
@@ -199,7 +215,7 @@ def parser() -> argparse.ArgumentParser:
         "(environment variables, or --env-file).",
     )
     top.add_argument("--env-file", type=Path, help="read settings from NAME=VALUE lines first")
-    areas = top.add_subparsers(dest="area", required=True, metavar="{keys,status}")
+    areas = top.add_subparsers(dest="area", required=True, metavar="{keys,status,rekey}")
     overview = areas.add_parser(
         "status", help="connections, managed PATs, API keys and stuck revocations at a glance",
         description="A table of connections, managed PATs and API keys with status and days to "
@@ -208,6 +224,14 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     overview.add_argument("--json", action="store_true", help="print JSON for scripts")
     overview.set_defaults(func=status, verb="status")
+    rekeying = areas.add_parser(
+        "rekey", help="re-seal every stored secret under the first key of the ring",
+        description="After putting a new key first in KEYSTEWARD_ENCRYPTION_KEYS: re-seal every "
+        "stored secret under it, so older keys can be removed.",
+    )  # fmt: skip
+    rekeying.add_argument("--dry-run", action="store_true", help="count, change nothing")
+    rekeying.add_argument("--json", action="store_true", help="print JSON for scripts")
+    rekeying.set_defaults(func=rekey_command, verb="rekey")
     keys = areas.add_parser("keys", help="scoped API keys", description="Scoped API keys.")
     verbs = keys.add_subparsers(dest="verb", required=True)
 

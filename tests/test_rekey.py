@@ -1,0 +1,56 @@
+"""Rotating the encryption key: a new primary, `./keysteward rekey`, then the old key can go."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+from datetime import UTC, datetime
+
+from azure.data.tables import TableServiceClient
+
+from shared.connections import Connection, ConnectionStore, Status
+from shared.crypto import KeyRing, Secret, kid_of
+from shared.store import Store
+from tests.peers.processes import ROOT
+
+
+def spec(keys: list[tuple[str, bytes]]) -> str:
+    return ",".join(f"{kid}:{base64.b64encode(key).decode()}" for kid, key in keys)
+
+
+def test_rekey_moves_every_secret_to_the_new_key(
+    tables: TableServiceClient, app_env: dict[str, str]
+) -> None:
+    old, new = ("old", os.urandom(32)), ("new", os.urandom(32))
+    before = Store(tables, KeyRing([old]))
+    now = datetime.now(UTC)
+    for i in range(5):
+        ConnectionStore(before).save_new_or_existing(Connection(
+            app="demo", user_id=f"u{i}", provider="oidc", status=Status.ACTIVE, scopes=[],
+            created_at=now, updated_at=now, connected_at=now, redirect_uri="https://k/cb",
+            refresh_token=Secret(f"rt-{i}"), access_token=Secret(f"at-{i}"),
+        ))  # fmt: skip
+    env = {**app_env, "KEYSTEWARD_ENCRYPTION_KEYS": spec([new, old])}
+
+    def cli(*args: str) -> dict[str, object]:
+        done = subprocess.run([str(ROOT / "keysteward"), *args, "--json"], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        result: dict[str, object] = json.loads(done.stdout)
+        return result
+
+    assert cli("rekey", "--dry-run")["still_under_old_keys"] == {"old": 10}
+    assert cli("rekey")["resealed"] == {"Connections": 5, "Pats": 0, "OAuthStates": 0,
+                                        "PendingRevocations": 0}  # fmt: skip
+    assert cli("rekey", "--dry-run")["still_under_old_keys"] == {}
+    after = Store(tables, KeyRing([new]))  # the old key removed from the ring
+    for i in range(5):
+        row = after.get("Connections", "demo", f"u{i}")
+        assert row is not None
+        assert kid_of(row.data["refresh_token"]) == "new"
+        connection = after.read(Connection, "demo", f"u{i}")
+        assert connection is not None
+        assert connection.refresh_token is not None
+        assert connection.refresh_token.reveal() == f"rt-{i}"
