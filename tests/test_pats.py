@@ -308,3 +308,17 @@ def test_a_pat_whose_delete_fails_is_listed_and_retried_by_the_nightly_sweep(
     assert stored(world, pat["id"]).status == "revoked"
     failures = world.call("GET", "revocation-failures").json()["failures"]
     assert f"{APP}/p-stuck" not in {f["credential"] for f in failures}
+
+
+def test_revoke_accepts_200_as_well_as_204(world: World) -> None:
+    """providers.md §1: the spec says 200, the example shows 204 with no body."""
+    connect(world, "p-200")
+    pat = made(world, "p-200")
+    world.ado_pats.revoke_status = 200
+    try:
+        response = world.call("DELETE", f"pats/{pat['id']}")
+    finally:
+        world.ado_pats.revoke_status = 204
+    assert response.status_code == 200
+    assert response.json()["status"] == "revoked"
+    assert not world.ado_pats.secret_active(pat["secret"])
