@@ -54,7 +54,9 @@ def endpoint(handler: Handler) -> Handler:
             status = exc.status if 400 <= exc.status < 600 else 500
             if status >= 500:
                 log.error("%s %s failed: %s", req.method, _path(req), exc.error)
-            return error_response(exc.error, exc.message, status)
+            retry = getattr(exc, "retry_after", None)
+            headers = {"Retry-After": str(max(1, round(retry)))} if retry else None
+            return error_response(exc.error, exc.message, status, headers)
         except Exception:
             log.exception("%s %s: unexpected error", req.method, _path(req))
             return error_response("internal_error", "an unexpected error occurred", 500)

@@ -59,6 +59,6 @@ def _time(value: str | None, name: str) -> datetime | None:
 def _limit(value: str | None) -> int:
     if value is None:
         return 1000
-    if not value.isdigit() or not 1 <= int(value) <= 1000:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 1000:
         raise InputError("'limit' must be a whole number from 1 to 1000")
     return int(value)

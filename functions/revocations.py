@@ -12,7 +12,7 @@ from functions._blueprint import blueprint
 from functions._http import endpoint, json_response, read_json
 from shared import globs
 from shared.apikeys import Principal
-from shared.errors import Forbidden, InputError
+from shared.errors import Forbidden, InputError, NotFound
 from shared.revocation import QUEUE, Revocation, RevocationRequest
 from shared.runtime import get_runtime
 from shared.storage import send
@@ -54,7 +54,11 @@ def request_revocation(req: func.HttpRequest, principal: Principal) -> func.Http
 def get_revocation(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
     revoker = get_runtime().revoker
     record, outcomes = revoker.get(req.route_params["id"])
-    _require_cover(principal, record.app, record.user_id)
+    try:
+        _require_cover(principal, record.app, record.user_id)
+    except Forbidden:
+        # As unknown as a missing one: a key learns nothing about requests it may not see.
+        raise NotFound(f"no revocation request '{record.id}'") from None
     return json_response(record.public(outcomes, revoker.status_url(record.id)))
 
 
@@ -62,9 +66,17 @@ def get_revocation(req: func.HttpRequest, principal: Principal) -> func.HttpResp
 @endpoint
 @authorized(SCOPE)
 def list_revocation_failures(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
+    runtime = get_runtime()
     failures = [
-        p.public() for p in get_runtime().revoker.failures() if principal.covers(p.app, p.user_id)
-    ]
+        {"type": "connection", **p.public()}
+        for p in runtime.revoker.failures()
+        if principal.covers(p.app, p.user_id)
+    ] + [
+        {"type": "managed_pat", "credential": f"pat:{p.id}", "state": p.status.value,
+         "app": p.app, "user_id": p.user_id, "last_error": p.last_error}
+        for p in runtime.managed_pats.failed()
+        if principal.covers(p.app, p.user_id)
+    ]  # fmt: skip
     return json_response({"failures": failures})
 
 

@@ -24,4 +24,5 @@ def expiry_sweep(timer: func.TimerRequest) -> None:
     log.info("expiry sweep: %d checked, %d warned", report.checked, len(report.warned))
     # The nightly second chance for upstream revocations that kept failing.
     retried = runtime.revoker.retry_failures()
-    log.info("revocation retries: %s", retried)
+    repaired = runtime.managed_pats.repair(runtime.clock.now())
+    log.info("revocation retries: %s; managed PATs: %s", retried, repaired)

@@ -39,7 +39,7 @@ def get_token(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
 def _min_ttl(value: str | None) -> int | None:
     if value is None or value == "":
         return None
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise InputError("'min_ttl' must be a whole number of seconds")
     return int(value)
 

@@ -20,6 +20,7 @@ from shared.entities import Entity
 from shared.errors import InputError, NotFound
 from shared.oauth import Grant
 from shared.store import Row, Store
+from shared.tablekeys import encode_key
 
 MAX_USER_ID = 256
 
@@ -139,6 +140,9 @@ def check_user_id(user_id: object) -> str:
         raise InputError("'user_id' is required: the user's id at the provider or in your org")
     if len(user_id) > MAX_USER_ID or not user_id.isprintable():
         raise InputError(f"'user_id' must be printable text of at most {MAX_USER_ID} characters")
+    if "/" in user_id:
+        raise InputError("'user_id' cannot contain '/': it could not be addressed in a URL path")
+    encode_key(user_id)  # refused now, not after the user consented, if it cannot be a key
     return user_id
 
 

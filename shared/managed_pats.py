@@ -216,7 +216,9 @@ class ManagedPats:
         display_name = _text(body.get("display_name"), "display_name", 100)
         scope = _text(body.get("scope"), "scope", 1000)
         lifetime = _int(body.get("lifetime_days", 30), "lifetime_days", 1, MAX_LIFETIME_DAYS)
-        rotate_before = _int(body.get("rotate_before_days", 7), "rotate_before_days", 1, lifetime)
+        rotate_before = _int(
+            body.get("rotate_before_days", min(7, lifetime)), "rotate_before_days", 1, lifetime
+        )
         all_orgs, auto_rotate = body.get("all_orgs", False), body.get("auto_rotate", True)
         if not isinstance(all_orgs, bool) or not isinstance(auto_rotate, bool):
             raise InputError("'all_orgs' and 'auto_rotate' are true or false")
@@ -232,10 +234,16 @@ class ManagedPats:
         # The index and the intent first: a crash after the POST leaves a row that says so.
         self._store.upsert("PatsByConnection", Row(_index_partition(app_id, user_id), pat.id, {}))
         self._store.create(pat)
-        token, secret = self.api(app).create(
-            self._bearer(app, user_id), organization, display_name=pat.intent_name, scope=scope,
-            valid_to=now + timedelta(days=lifetime), all_orgs=all_orgs,
-        )  # fmt: skip
+        try:
+            token, secret = self.api(app).create(
+                self._bearer(app, user_id), organization, display_name=pat.intent_name,
+                scope=scope, valid_to=now + timedelta(days=lifetime), all_orgs=all_orgs,
+            )  # fmt: skip
+        except KeystewardError as exc:
+            # Azure DevOps may have made it anyway (a lost answer): the nightly repair finds it
+            # by its name and revokes it.
+            self._note(pat.id, f"create: {exc.error}")
+            raise
         pat.authorization_id, pat.secret, pat.valid_to = (
             token.authorization_id,
             secret,
@@ -302,13 +310,15 @@ class ManagedPats:
         wanted = self._clock.now() + timedelta(days=days)
         token = self.api(app).update(self._bearer(app, pat.user_id), pat.organization,
                                      pat.authorization_id, valid_to=wanted)  # fmt: skip
-        for _ in range(5):
+        for attempt in range(5):
             pat.valid_to = token.valid_to  # read back: a policy may have clamped it
             pat.warned_days, pat.updated_at = [], self._clock.now()
             try:
                 self._store.save(pat)
                 break
             except ConcurrencyConflict:
+                if attempt == 4:
+                    raise
                 pat = self.get(pat_id)
         self._audit.record(actor, "pat.extended", f"pat:{pat_id}", detail={
             "requested_valid_to": wanted.isoformat(), "valid_to": token.valid_to.isoformat(),
@@ -329,15 +339,17 @@ class ManagedPats:
         pat = self.get(pat_id)
         ids = [i for i in (pat.authorization_id, pat.pending_authorization_id,
                            pat.previous_authorization_id) if i]  # fmt: skip
-        for _ in range(10):
+        for attempt in range(10):
             pat.secret = pat.pending_secret = None
             pat.status = PatStatus.REVOKED
             pat.rotation_id = pat.rotation_step = None
             pat.updated_at = self._clock.now()
             try:
-                self._store.save(pat)
+                self._store.save(pat)  # local first: never served again
                 break
             except ConcurrencyConflict:
+                if attempt == 9:
+                    raise
                 pat = self.get(pat_id)
         outcomes: dict[str, str] = {}
         failed = False
@@ -561,6 +573,38 @@ class ManagedPats:
                 continue
 
     # -- for sweeps -------------------------------------------------------------------------
+
+    def failed(self) -> list[ManagedPat]:
+        return [p for p in self.all() if p.status == PatStatus.REVOKE_FAILED]
+
+    def repair(self, now: datetime) -> dict[str, int]:
+        """The nightly second chance: revoke again what failed to revoke while the user's grant
+        still gives a token (revoked connections are the revoker's), and clean up creations
+        that never finished (a PAT Azure DevOps made but whose answer was lost is revoked)."""
+        counts = {"revoked": 0, "still_failing": 0, "abandoned": 0}
+        for pat in self.all():
+            if pat.status == PatStatus.REVOKE_FAILED:
+                connection = self._connections.find(pat.app, pat.user_id)
+                if connection is None or connection.status != "active":
+                    continue
+                result = self.revoke(pat.id, actor="system:nightly")
+                counts["revoked" if result["status"] == "revoked" else "still_failing"] += 1
+            elif pat.status == PatStatus.CREATING and now - pat.created_at > timedelta(minutes=10):
+                with contextlib.suppress(KeystewardError):
+                    self._abandon(pat)
+                    counts["abandoned"] += 1
+        return counts
+
+    def _abandon(self, pat: ManagedPat) -> None:
+        app = self._entra_app(pat.app)
+        bearer = self._bearer(app, pat.user_id)
+        api = self.api(app)
+        for token in api.list(bearer, pat.organization, "active"):
+            if token.display_name == pat.intent_name:
+                api.revoke(bearer, pat.organization, token.authorization_id)
+        pat.status, pat.intent_name = PatStatus.REVOKED, None
+        pat.last_error = "creation never finished: abandoned"
+        self._store.save(pat)
 
     def all(self) -> list[ManagedPat]:
         return list(self._store.select(ManagedPat, "RowKey eq @kind", {"kind": "pat"}))

@@ -41,6 +41,7 @@ from shared.entities import Entity
 from shared.errors import (
     AlreadyExists,
     ConcurrencyConflict,
+    Conflict,
     InputError,
     KeystewardError,
     NotFound,
@@ -245,6 +246,8 @@ class Revoker:
         request_id = request.request_id or _derived_id(fallback_id)
         existing = self._store.read(Revocation, request_id, "request")
         if existing is not None:
+            if (existing.app, existing.user_id) != (request.app, request.user_id):
+                raise Conflict(f"request_id '{request_id}' names another revocation already")
             return existing
         now = self._clock.now()
         record = Revocation(

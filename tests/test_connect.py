@@ -224,3 +224,15 @@ def test_connect_sessions_check_the_keys_globs(world: World) -> None:
     bad = world.call("POST", "connect-sessions", json={"app": "nope", "user_id": "x"})
     assert bad.status_code == 400
     assert bad.json()["error"] == "invalid_request"
+
+
+@pytest.mark.parametrize(
+    ("user_id", "message"),
+    [("a/b@contoso.com", "cannot contain '/'"), ("é" * 200, "too long"), ("", "user_id")],
+)
+def test_a_user_id_that_could_not_be_stored_or_addressed_is_refused_up_front(
+    world: World, user_id: str, message: str
+) -> None:
+    response = world.call("POST", "connect-sessions", json={"app": "oidc-demo", "user_id": user_id})
+    assert response.status_code == 400
+    assert message in response.json()["message"]

@@ -322,3 +322,17 @@ def test_revoke_accepts_200_as_well_as_204(world: World) -> None:
     assert response.status_code == 200
     assert response.json()["status"] == "revoked"
     assert not world.ado_pats.secret_active(pat["secret"])
+
+
+def test_a_pat_delete_that_fails_is_listed_and_retried_nightly(world: World) -> None:
+    connect(world, "p-delete-fails")
+    pat = made(world, "p-delete-fails")
+    world.ado_pats.fail_next("/_apis/tokens/pats", 503)
+    response = world.call("DELETE", f"pats/{pat['id']}")
+    assert response.json()["status"] == "revoke_failed"
+    assert world.call("GET", f"pats/{pat['id']}/secret").status_code == 410
+    listed = world.call("GET", "revocation-failures").json()["failures"]
+    assert f"pat:{pat['id']}" in {f["credential"] for f in listed}
+    nightly(world)
+    assert not world.ado_pats.secret_active(pat["secret"])
+    assert stored(world, pat["id"]).status == "revoked"

@@ -326,3 +326,18 @@ def test_the_documented_schema_and_the_worker_agree(message: dict[str, Any]) -> 
     else:
         accepted = True
     assert accepted == valid
+
+
+def test_a_request_outside_the_keys_globs_is_as_unknown_as_a_missing_one(world: World) -> None:
+    accepted = request(world, app="oidc-demo", request_id="secret-affair")
+    assert accepted.status_code == 202
+    outsider = world.key(["connections:revoke"], ["pagerduty-*/*"])
+    seen = world.call("GET", "revocations/secret-affair", outsider)
+    missing = world.call("GET", "revocations/no-such-request", outsider)
+    assert seen.status_code == missing.status_code == 404
+
+
+def test_a_request_id_reused_for_another_target_is_a_conflict(world: World) -> None:
+    assert request(world, app="oidc-demo", request_id="once-only").status_code == 202
+    again = request(world, app="pagerduty-incidents", request_id="once-only")
+    assert again.status_code == 409

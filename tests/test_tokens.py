@@ -335,3 +335,8 @@ def test_msal_error_data_is_classified(result: dict[str, object], expected: str)
     from shared.drivers.entra import _classify
 
     assert type(_classify(result)).__name__ == expected
+
+
+@pytest.mark.parametrize("value", ["²", "-1", "1.5", "x"])
+def test_min_ttl_must_be_ascii_digits(world: World, value: str) -> None:
+    assert world.token("oidc-demo", "t-basic@contoso.com", min_ttl=value).status_code == 400
