@@ -65,6 +65,7 @@ STEPS = ("create", "test", "promote", "revoke")
 class PatStatus(enum.StrEnum):
     CREATING = "creating"
     ACTIVE = "active"
+    REVOKING = "revoking"  # secrets destroyed here; Azure DevOps not yet told
     REVOKED = "revoked"
     REVOKE_FAILED = "revoke_failed"
 
@@ -336,21 +337,34 @@ class ManagedPats:
     def revoke(self, pat_id: str, *, actor: str, bearer: str | None = None) -> dict[str, Any]:
         """Destroy the stored secrets, then DELETE every version (current, pending, previous);
         ``bearer`` when the caller already holds the user's token (a revocation in progress)."""
-        pat = self.get(pat_id)
-        ids = [i for i in (pat.authorization_id, pat.pending_authorization_id,
-                           pat.previous_authorization_id) if i]  # fmt: skip
+        self.destroy_locally(pat_id)
+        return self.revoke_upstream(pat_id, actor=actor, bearer=bearer)
+
+    def destroy_locally(self, pat_id: str) -> ManagedPat:
+        """Wipe the stored secrets: from here on the PAT is never served again."""
         for attempt in range(10):
+            pat = self.get(pat_id)
+            if pat.status in (PatStatus.REVOKED, PatStatus.REVOKING) and pat.secret is None:
+                return pat
             pat.secret = pat.pending_secret = None
-            pat.status = PatStatus.REVOKED
+            pat.status = PatStatus.REVOKING
             pat.rotation_id = pat.rotation_step = None
             pat.updated_at = self._clock.now()
             try:
-                self._store.save(pat)  # local first: never served again
-                break
+                self._store.save(pat)
+                return pat
             except ConcurrencyConflict:
                 if attempt == 9:
                     raise
-                pat = self.get(pat_id)
+        raise ConcurrencyConflict(f"the managed PAT '{pat_id}' kept changing")
+
+    def revoke_upstream(
+        self, pat_id: str, *, actor: str, bearer: str | None = None
+    ) -> dict[str, Any]:
+        """DELETE every version at Azure DevOps; the PAT ends ``revoked`` or ``revoke_failed``."""
+        pat = self.get(pat_id)
+        ids = [i for i in (pat.authorization_id, pat.pending_authorization_id,
+                           pat.previous_authorization_id) if i]  # fmt: skip
         outcomes: dict[str, str] = {}
         failed = False
         try:
@@ -370,12 +384,15 @@ class ManagedPats:
         except KeystewardError as exc:  # no usable token for the user any more
             outcomes = dict.fromkeys(ids, f"revoke_failed: {exc.error}")
             failed = True
-        if failed:
+        for _ in range(5):
             pat = self.get(pat_id)
-            pat.status = PatStatus.REVOKE_FAILED
-            pat.last_error = json.dumps(outcomes)
-            with contextlib.suppress(ConcurrencyConflict):
+            pat.status = PatStatus.REVOKE_FAILED if failed else PatStatus.REVOKED
+            pat.last_error = json.dumps(outcomes) if failed else None
+            try:
                 self._store.save(pat)
+                break
+            except ConcurrencyConflict:
+                continue
         data = {"type": "managed_pat", "id": pat_id, "app": pat.app, "user_id": pat.user_id,
                 "outcomes": outcomes}  # fmt: skip
         self._events.publish(CREDENTIAL_REVOKED, f"pat:{pat_id}", data)
@@ -583,11 +600,14 @@ class ManagedPats:
         that never finished (a PAT Azure DevOps made but whose answer was lost is revoked)."""
         counts = {"revoked": 0, "still_failing": 0, "abandoned": 0}
         for pat in self.all():
-            if pat.status == PatStatus.REVOKE_FAILED:
+            stalled = pat.status == PatStatus.REVOKING and now - pat.updated_at > timedelta(
+                minutes=10
+            )
+            if pat.status == PatStatus.REVOKE_FAILED or stalled:
                 connection = self._connections.find(pat.app, pat.user_id)
                 if connection is None or connection.status != "active":
                     continue
-                result = self.revoke(pat.id, actor="system:nightly")
+                result = self.revoke_upstream(pat.id, actor="system:nightly")
                 counts["revoked" if result["status"] == "revoked" else "still_failing"] += 1
             elif pat.status == PatStatus.CREATING and now - pat.created_at > timedelta(minutes=10):
                 with contextlib.suppress(KeystewardError):

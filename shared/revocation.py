@@ -203,6 +203,18 @@ class PendingRevocation(Entity):
         }
 
 
+@dataclass
+class _Local:
+    """What the local phase leaves for the upstream one."""
+
+    app: str
+    user_id: str
+    local: str
+    bearer: str | None = field(default=None, repr=False)
+    pats: list[str] = field(default_factory=list)
+    done: list[Outcome] | None = None
+
+
 class Revoker:
     def __init__(
         self,
@@ -292,9 +304,12 @@ class Revoker:
         record.total = len(selected)
         record.updated_at = self._clock.now()
         record = self._save_record(record)
+        # Two phases: nothing this request covers is served again before the first (slower)
+        # upstream call goes out.
         with ThreadPoolExecutor(max_workers=self._concurrency) as pool:
-            per_connection = pool.map(lambda c: self.revoke_connection(c, record.id), selected)
-            outcomes = [outcome for group in per_connection for outcome in group]
+            wiped = list(pool.map(lambda c: self._local_phase(c, record.id), selected))
+            groups = pool.map(lambda w: self._upstream_phase(w, record.id), wiped)
+            outcomes = [outcome for group in groups for outcome in group]
         failed = sum(1 for o in outcomes if o.upstream == REVOKE_FAILED)
         return self._finish(record, outcomes, failed)
 
@@ -343,25 +358,39 @@ class Revoker:
     # -- one credential -------------------------------------------------------------------------
 
     def revoke_connection(self, connection: Connection, request_id: str | None) -> list[Outcome]:
-        """The connection's outcome first, then one per managed PAT it holds."""
+        """One connection, both phases; the connection's outcome first, then one per PAT."""
+        return self._upstream_phase(self._local_phase(connection, request_id), request_id)
+
+    def _local_phase(self, connection: Connection, request_id: str | None) -> _Local:
+        """Destroy every local copy: the connection's grant and its managed PATs' secrets."""
         app, user = connection.app, connection.user_id
         if request_id:
             done = self._store.read(Outcome, request_id, _outcome_key(app, user))
             if done is not None and done.upstream != "pending":
-                return [done]  # this request finished this credential before a redelivery
-        pats = [p for p in self._pats.of_connection(app, user) if p.status != "revoked"] if (
-            self._pats
-        ) else []  # fmt: skip
+                return _Local(app, user, "", done=[done])  # finished before a redelivery
+        pats = [
+            p.id for p in (self._pats.of_connection(app, user) if self._pats else [])
+            if p.status != "revoked"
+        ]  # fmt: skip
         # A bearer for Azure DevOps while the grant still lives: taken in memory, used after.
         bearer = self._pats.bearer_or_none(app, user) if pats and self._pats else None
         local = self._destroy_locally(app, user, request_id)
-        pat_outcomes = [self._revoke_pat(pat.id, bearer, request_id) for pat in pats]
+        for pat_id in pats:
+            assert self._pats is not None
+            self._pats.destroy_locally(pat_id)
+        return _Local(app, user, local, bearer=bearer, pats=pats)
+
+    def _upstream_phase(self, local: _Local, request_id: str | None) -> list[Outcome]:
+        if local.done is not None:
+            return local.done
+        app, user = local.app, local.user_id
+        pat_outcomes = [self._revoke_pat(pat_id, local.bearer, request_id) for pat_id in local.pats]
         pats_left = any(o.upstream == REVOKE_FAILED for o in pat_outcomes)
         upstream, error = self._revoke_upstream(app, user, keep=pats_left)
         outcome = Outcome(
             request_id=request_id or "direct", kind=_outcome_key(app, user),
-            credential=f"{app}/{user}", app=app, user_id=user, local=local, upstream=upstream,
-            at=self._clock.now(), error=error,
+            credential=f"{app}/{user}", app=app, user_id=user, local=local.local,
+            upstream=upstream, at=self._clock.now(), error=error,
         )  # fmt: skip
         if request_id:
             self._store.save(outcome)
@@ -369,7 +398,7 @@ class Revoker:
 
     def _revoke_pat(self, pat_id: str, bearer: str | None, request_id: str | None) -> Outcome:
         assert self._pats is not None
-        result = self._pats.revoke(pat_id, actor="system:revocation", bearer=bearer)
+        result = self._pats.revoke_upstream(pat_id, actor="system:revocation", bearer=bearer)
         failed = result["status"] != "revoked"
         pat = self._pats.get(pat_id)
         outcome = Outcome(
@@ -529,7 +558,7 @@ class Revoker:
         if self._pats is None:
             return False
         failed = [p for p in self._pats.of_connection(pending.app, pending.user_id)
-                  if p.status == "revoke_failed"]  # fmt: skip
+                  if p.status in ("revoke_failed", "revoking")]  # fmt: skip
         if not failed:
             return False
         bearer = None
