@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -235,4 +236,6 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(reply.body)
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+        # Without query strings: an OAuth callback carries its code and state there.
+        line = re.sub(r"\?[^ \"]*", "?…", format % args)
+        log.debug("%s %s", self.address_string(), line)

@@ -81,6 +81,10 @@ class Runtime:
     def build(cls, settings: Settings, clock: Clock | None = None) -> Runtime:
         clock = clock or SystemClock()
         logging.getLogger("keysteward").setLevel(settings.log_level)
+        # MSAL logs spent authorization codes and PKCE verifiers at DEBUG: never below INFO.
+        logging.getLogger("msal").setLevel(
+            max(logging.INFO, logging.getLevelName(settings.log_level))
+        )
         store = Store(table_service(settings.storage), KeyRing(settings.encryption_keys))
         queues = queue_service(settings.storage)
         http = provider_session(settings.provider_timeout_seconds)

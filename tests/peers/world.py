@@ -165,7 +165,13 @@ def _ca_bundle(extra: Path, directory: Path) -> Path:
 
 
 @contextmanager
-def running_world(base_env: dict[str, str], directory: Path) -> Iterator[World]:
+def running_world(
+    base_env: dict[str, str],
+    directory: Path,
+    *,
+    devhost_args: tuple[str, ...] = (),
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[World]:
     port = free_port()
     closed_port = free_port()  # nothing listens here: a provider that refuses connections
     public = f"http://127.0.0.1:{port}"
@@ -274,8 +280,9 @@ def running_world(base_env: dict[str, str], directory: Path) -> Iterator[World]:
             "KEYSTEWARD_REFRESH_LEASE_SECONDS": str(LEASE_SECONDS),
             "KEYSTEWARD_PROVIDER_TIMEOUT_SECONDS": str(PROVIDER_TIMEOUT),
             "KEYSTEWARD_ROTATION_GRACE_MINUTES": str(GRACE_MINUTES),
+            **(extra_env or {}),
         }
-        host = start_devhost(env, directory / "devhost.log", port=port)
+        host = start_devhost(env, directory / "devhost.log", port=port, args=devhost_args)
         stack.callback(host.stop)
         settings = Settings.from_env(env)
         store = Store(table_service(settings.storage), KeyRing(settings.encryption_keys))
