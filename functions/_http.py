@@ -15,7 +15,7 @@ from typing import Any
 
 import azure.functions as func
 
-from shared.errors import InputError, KeystewardError
+from shared.errors import InputError, KeystewardError, PayloadTooLarge
 
 log = logging.getLogger("keysteward.http")
 
@@ -74,7 +74,7 @@ def read_json(req: func.HttpRequest, allowed: set[str] | None = None) -> dict[st
         raise InputError("the body must be JSON, sent with Content-Type: application/json")
     raw = req.get_body()
     if len(raw) > MAX_BODY_BYTES:
-        raise InputError(f"the body is larger than {MAX_BODY_BYTES} bytes")
+        raise PayloadTooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes (64 KiB)")
     try:
         body = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):

@@ -3,7 +3,8 @@
     KeystewardError
     ├── SettingsError            a setting is missing or malformed (start-up)
     ├── InputError               400 invalid_request: bad input from a caller
-    │   └── IdTooLong            an id does not fit in a Table key
+    │   ├── IdTooLong            an id does not fit in a Table key
+    │   └── PayloadTooLarge      413: a body over the documented limit (64 KiB)
     ├── Unauthorized             401 unauthorized
     ├── Forbidden                403 forbidden
     ├── NotFound                 404 not_found
@@ -45,6 +46,11 @@ class InputError(KeystewardError):
 
 class IdTooLong(InputError):
     error = "id_too_long"
+
+
+class PayloadTooLarge(InputError):
+    error = "payload_too_large"
+    status = 413
 
 
 class Unauthorized(KeystewardError):
