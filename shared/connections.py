@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from shared.audit import looks_secret
 from shared.crypto import Secret
 from shared.entities import Entity
 from shared.errors import InputError, NotFound
@@ -61,6 +62,7 @@ class Connection(Entity):
     revoke_upstream: str | None = None  # revoked | not_supported | revoke_failed
     revoke_error: str | None = None
     schedule_bucket: str | None = None  # the Schedule partition of this connection's next refresh
+    refresh_started_at: datetime | None = None  # a refresh token is being spent (cleared on store)
     # The refresh lease (shared.lease) lives on this row; declared so replacing writes keep it.
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
@@ -142,6 +144,9 @@ def check_user_id(user_id: object) -> str:
         raise InputError(f"'user_id' must be printable text of at most {MAX_USER_ID} characters")
     if "/" in user_id:
         raise InputError("'user_id' cannot contain '/': it could not be addressed in a URL path")
+    if looks_secret(user_id):
+        # The audit trail refuses secret-looking subjects: refused now, not as a 500 later.
+        raise InputError("'user_id' looks like a credential (a token or key), not a user's id")
     encode_key(user_id)  # refused now, not after the user consented, if it cannot be a key
     return user_id
 

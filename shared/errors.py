@@ -15,7 +15,7 @@
     │   ├── AlreadyExists        an insert met an existing row
     │   └── StorageUnavailable   storage did not answer
     ├── CryptoError
-    │   └── DecryptionError      unknown kid, wrong key, or a ciphertext moved to another row
+    │   └── DecryptionError      503: unknown kid, wrong key, or a ciphertext moved to another row
     └── ProviderError            502: a provider answered with an OAuth error (``oauth_error``)
         ├── GrantInvalid         424: the grant is dead (invalid_grant and kin): consent again
         └── ProviderUnavailable  503: network error, timeout, 5xx, 429 (``retry_after``)
@@ -103,7 +103,11 @@ class CryptoError(KeystewardError):
 
 
 class DecryptionError(CryptoError):
+    """A stored secret does not open: its key left the ring (or it was altered or moved). An
+    operator's fix (put the key back), not a bug: 503, the message naming the kid."""
+
     error = "decryption_failed"
+    status = 503
 
 
 class ProviderError(KeystewardError):

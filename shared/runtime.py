@@ -108,6 +108,7 @@ class Runtime:
         connections = ConnectionStore(store)
         schedule = Schedule(store)
         tokens = Tokens(
+            store=store,
             connections=connections,
             leases=Leases(store, clock),
             schedule=schedule,
@@ -116,7 +117,10 @@ class Runtime:
             audit=audit,
             events=events,
             clock=clock,
-            lease_ttl=timedelta(seconds=settings.refresh_lease_seconds),
+            # The lease covers a provider call and the write after it: never shorter than that.
+            lease_ttl=timedelta(
+                seconds=max(settings.refresh_lease_seconds, settings.provider_timeout_seconds + 5)
+            ),
         )
         managed_pats = ManagedPats(
             store=store,

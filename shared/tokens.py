@@ -33,6 +33,7 @@ from shared.connections import Connection, ConnectionStore, Status
 from shared.drivers import Drivers
 from shared.errors import (
     ConcurrencyConflict,
+    DecryptionError,
     Gone,
     GrantInvalid,
     InputError,
@@ -40,10 +41,13 @@ from shared.errors import (
     NotFound,
     ProviderError,
     ProviderUnavailable,
+    StorageUnavailable,
+    StoreError,
 )
 from shared.events import CONNECTION_NEEDS_REAUTH, EventPublisher
-from shared.lease import Leases
+from shared.lease import EXPIRES, OWNER, Lease, Leases
 from shared.schedule import Schedule
+from shared.store import Row, Store
 
 log = logging.getLogger("keysteward.tokens")
 
@@ -51,6 +55,11 @@ BACKOFF_BASE = 10.0
 BACKOFF_CAP = 1800.0
 MAX_MIN_TTL = 24 * 3600
 _WAIT_POLL = 0.05
+# How long a refreshed grant is kept in memory, retried, while storage does not answer.
+STORE_PATIENCE = 120.0
+STORE_RETRY = 0.5
+# How long a taker-over waits for a predecessor that may still be storing a rotated token.
+TAKEOVER_GRACE = 1.5
 
 
 class NeedsReauth(KeystewardError):
@@ -132,6 +141,7 @@ class Tokens:
     def __init__(
         self,
         *,
+        store: Store,
         connections: ConnectionStore,
         leases: Leases,
         schedule: Schedule,
@@ -142,6 +152,7 @@ class Tokens:
         clock: Clock,
         lease_ttl: timedelta,
     ) -> None:
+        self._store = store
         self._connections = connections
         self._leases = leases
         self._schedule = schedule
@@ -170,7 +181,8 @@ class Tokens:
         ttl = timedelta(seconds=app.provider.refresh_margin if min_ttl is None else min_ttl)
         connection = self._connections.get(app_id, user_id)
         self._check_status(connection)
-        if satisfies(connection, asked_at, ttl, force=force_refresh):
+        # Judged after the read: a slow read must not hand out a token that expired meanwhile.
+        if satisfies(connection, self._clock.now(), ttl, force=force_refresh):
             return _token(connection)
         if connection.next_attempt_at and connection.next_attempt_at > asked_at:
             return self._backing_off(connection, asked_at, ttl)
@@ -190,9 +202,13 @@ class Tokens:
             self._reschedule(app, connection)
             return "not_due"
         ttl = timedelta(seconds=app.provider.refresh_margin)
+        last = connection.last_refreshed_at or connection.connected_at
+        keepalive = app.provider.keepalive_days
+        # Forced only for a keep-alive refresh (the access token is still good then); otherwise a
+        # token a caller refreshed moments ago answers the sweep too.
+        force = bool(keepalive) and now >= last + timedelta(days=keepalive or 0) * 2 / 3
         try:
-            # Forced: a keep-alive refresh is due although the access token is still good.
-            self._refresh(app, connection, ttl, now, force=True)
+            self._refresh(app, connection, ttl, now, force=force)
         except (NeedsReauth, RefreshUnavailable) as exc:
             return exc.error
         return "refreshed"
@@ -213,6 +229,7 @@ class Tokens:
         delay = _WAIT_POLL
         # One owner per attempt, not per process: threads of one instance must not share a lease.
         owner = f"{self._process}:{uuid.uuid4().hex[:12]}"
+        grace_given = False
         while True:
             lease = self._leases.acquire(
                 Connection.TABLE, app.id, connection.user_id, owner=owner, ttl=self._lease_ttl
@@ -225,19 +242,57 @@ class Tokens:
                     self._release(current)
                 return _token(current)
             if lease is not None and lease.etag == current.etag:
-                return self._refresh_held(app, current, ttl)
+                if current.refresh_started_at is not None and not grace_given:
+                    # We took over from a holder that called the provider and never stored the
+                    # answer. If it is alive (storage was down), its retry lands within moments
+                    # of storage answering again: let it, rather than spend a refresh token the
+                    # provider may already have rotated (reuse detection would kill the grant).
+                    grace_given = True
+                    time.sleep(TAKEOVER_GRACE)
+                    continue
+                try:
+                    token = self._refresh_held(app, current, ttl, lease)
+                    if token is not None:
+                        return token
+                    continue  # the row changed under our lease before the call: look again
+                except DecryptionError:
+                    # Its key left the ring: nothing was sent or written. Let go at once (a merge
+                    # of the lease alone) so other callers fail as fast, not after the lease.
+                    with contextlib.suppress(StoreError):
+                        self._leases.release(lease)
+                    raise
             if time.monotonic() > deadline:
                 raise RefreshUnavailable("a refresh is taking too long", 5)
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
 
-    def _refresh_held(self, app: App, connection: Connection, ttl: timedelta) -> AccessToken:
-        """We hold the lease and the row is as we read it: call the provider and store first."""
+    def _refresh_held(
+        self, app: App, connection: Connection, ttl: timedelta, lease: Lease
+    ) -> AccessToken | None:
+        """We hold the lease and the row is as we read it: call the provider and store first.
+        None if the row changed before the call (nothing was sent)."""
+        for secret in (connection.refresh_token, connection.msal_cache):
+            if secret is not None:
+                secret.reveal()  # a key missing from the ring fails here, before any write
         now = self._clock.now()
+        # Renew the lease as the call starts, so it covers the call and the write after it, and
+        # mark that a refresh token is being spent (a taker-over then knows to wait a moment).
+        marked = Row(app.id, connection.user_id, {
+            OWNER: lease.owner, EXPIRES: now + self._lease_ttl, "refresh_started_at": now,
+        })  # fmt: skip
         try:
-            grant = self._drivers.for_app(app).refresh(app, connection.grant())
+            written = self._store.update(Connection.TABLE, marked, etag=lease.etag, merge=True)
+        except ConcurrencyConflict:
+            return None
+        connection.etag = written.etag
+        connection.refresh_started_at = now
+        grant = connection.grant()
+        try:
+            fresh = self._drivers.for_app(app).refresh(app, grant)
         except GrantInvalid as exc:
-            self._needs_reauth(app, connection, exc)
+            latest = self._needs_reauth(app, connection, exc)
+            if latest is not None:
+                return _token(latest)  # someone stored a newer grant: the one we used was stale
             raise NeedsReauth(
                 f"the grant for '{connection.resource}' is no longer valid "
                 f"({exc.oauth_error}): the user must connect again"
@@ -245,23 +300,43 @@ class Tokens:
         except ProviderError as exc:
             retry_in = self._failed(app, connection, exc)
             return self._backing_off(connection, self._clock.now(), ttl, retry_in)
+        grant = fresh
         used = _sealed(connection)
-        for _ in range(3):
+        conflicts = 0
+        give_up = time.monotonic() + STORE_PATIENCE
+        while conflicts < 3:
             connection.apply(grant, now)
             connection.last_refreshed_at = now
             connection.refresh_failures = 0
             connection.last_error = None
             connection.next_attempt_at = None
             try:
-                self._write_released(app, connection)
-            except ConcurrencyConflict:
-                # Our lease ran out while the provider answered and someone wrote the row. If
-                # nobody refreshed meanwhile, our rotated token must still be stored; if they did,
-                # theirs is the grant now.
-                latest = self._connections.get(app.id, connection.user_id)
-                if _sealed(latest) != used:
-                    return _token(latest)
-                connection = latest
+                try:
+                    self._write_released(app, connection)
+                except ConcurrencyConflict:
+                    # Our lease ran out while the provider answered and someone wrote the row. If
+                    # nobody refreshed meanwhile, our rotated token must still be stored; if they
+                    # did, theirs is the grant now.
+                    conflicts += 1
+                    latest = self._connections.get(app.id, connection.user_id)
+                    self._check_status(latest)  # never write a grant over revoked/needs_reauth
+                    if _sealed(latest) != used:
+                        return _token(latest)
+                    connection = latest
+                    continue
+            except StorageUnavailable:
+                # The provider may have rotated the refresh token: the new one exists only in this
+                # process and the stored one may be dead. Losing it loses the connection, so keep
+                # it until storage answers again (a write that did land shows up as a conflict
+                # whose row holds our grant).
+                if time.monotonic() >= give_up:
+                    log.error("the refreshed grant of %s could not be stored for %.0f s; it is "
+                              "lost if the provider rotated the refresh token",
+                              connection.resource, STORE_PATIENCE)  # fmt: skip
+                    raise
+                log.warning("storing the refreshed grant of %s failed (storage unavailable); "
+                            "trying again", connection.resource)  # fmt: skip
+                time.sleep(STORE_RETRY)
                 continue
             return _token(connection)
         raise RefreshUnavailable("the refreshed grant could not be stored; retry", 1)
@@ -277,6 +352,7 @@ class Tokens:
         )
         connection.lease_owner = None
         connection.lease_expires_at = None
+        connection.refresh_started_at = None
         connection.updated_at = now
         self._connections.save(connection)
         if old_bucket and old_bucket != connection.schedule_bucket:
@@ -288,17 +364,34 @@ class Tokens:
         with contextlib.suppress(ConcurrencyConflict):  # lost it anyway: it expires by itself
             self._connections.save(connection)
 
-    def _needs_reauth(self, app: App, connection: Connection, exc: ProviderError) -> None:
-        now = self._clock.now()
-        connection.status = Status.NEEDS_REAUTH
-        connection.needs_reauth_at = now
-        connection.last_error = f"{exc.oauth_error}"
-        self._write_released(app, connection)
+    def _needs_reauth(
+        self, app: App, connection: Connection, exc: ProviderError
+    ) -> Connection | None:
+        """Mark the grant dead, unless someone stored a newer one meanwhile (returned then)."""
+        used = _sealed(connection)
+        for _ in range(5):
+            now = self._clock.now()
+            connection.status = Status.NEEDS_REAUTH
+            connection.needs_reauth_at = now
+            connection.last_error = f"{exc.oauth_error}"
+            try:
+                self._write_released(app, connection)
+                break
+            except ConcurrencyConflict:
+                latest = self._connections.get(app.id, connection.user_id)
+                if latest.status != Status.ACTIVE:
+                    return None  # already marked by whoever wrote: no second event
+                if _sealed(latest) != used:
+                    return latest
+                connection = latest
+        else:
+            raise ConcurrencyConflict(f"'{connection.resource}' kept changing")
         # Only the lease holder writes this transition, so the event goes out once.
         data = {"app": app.id, "user_id": connection.user_id, "error": exc.oauth_error}
         self._events.publish(CONNECTION_NEEDS_REAUTH, connection.resource, data)
         self._audit.record("system:refresh", "connection.needs_reauth", connection.resource,
                            outcome="failure", detail=data)  # fmt: skip
+        return None
 
     def _failed(self, app: App, connection: Connection, exc: ProviderError) -> float:
         connection.refresh_failures += 1
