@@ -577,7 +577,8 @@ def refreshes(window: Window, args: argparse.Namespace) -> bool:
 def run(args: argparse.Namespace, directory: Path) -> bool:
     with running_azurite(directory / "azurite.log") as azurite:
         started = time.perf_counter()
-        with running_world(app_env(azurite, key_ring_spec()), directory) as world:
+        lease = {"KEYSTEWARD_REFRESH_LEASE_SECONDS": str(args.lease)} if args.lease else None
+        with running_world(app_env(azurite, key_ring_spec()), directory, extra_env=lease) as world:
             world_s = time.perf_counter() - started
             world.oidc.set_access_token_ttl(args.ttl)  # before any token is issued
             hosts = [world.devhost]
@@ -631,6 +632,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=50, help="connected users")
     parser.add_argument("--devhosts", type=int, default=3, help="devhost processes in all")
     parser.add_argument("--ttl", type=int, default=30, help="access-token lifetime, seconds")
+    parser.add_argument(
+        "--lease", type=int, default=30,
+        help="KEYSTEWARD_REFRESH_LEASE_SECONDS (the production default; 0: the test world's 6 s)",
+    )  # fmt: skip
     parser.add_argument("--min-ttl", type=int, default=5, help="min_ttl the clients ask for")
     parser.add_argument("--max-requests", type=int, default=60000, help="hard cap on requests")
     args = parser.parse_args(argv)
@@ -651,7 +656,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{args.devhosts} devhosts on one Azurite (the first runs the timers, the others "
         f"--no-timers); {args.connections} {APP} connections; oidc-provider access tokens live "
         f"{args.ttl} s; {args.clients} client threads ask min_ttl={args.min_ttl}; refresh "
-        f"lease {LEASE_SECONDS} s (tests/peers/world.py); at most {args.max_requests} requests"
+        f"lease {args.lease or LEASE_SECONDS} s; at most {args.max_requests} requests"
     )
     print(
         "the client threads run on the same small machine as the servers and compete with them "
