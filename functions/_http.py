@@ -79,6 +79,10 @@ def read_json(req: func.HttpRequest, allowed: set[str] | None = None) -> dict[st
         body = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise InputError("the body is not valid JSON") from None
+    except (ValueError, RecursionError):
+        # JSON that Python will not read: an integer of more than 4300 digits
+        # (sys.get_int_max_str_digits), or nesting deeper than the recursion limit.
+        raise InputError("the body nests too deeply or holds a number too long to read") from None
     if not isinstance(body, dict):
         raise InputError("the body must be a JSON object")
     unknown = set(body) - allowed if allowed is not None else set()

@@ -15,6 +15,8 @@ from shared.runtime import get_runtime
 
 bp = blueprint()
 MAX_DAYS = 31
+MAX_SUBJECT = 1024  # the longest subject the audit trail records
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # the audit trail's row keys count from here
 
 
 @bp.route(route="audit", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -28,7 +30,11 @@ def read_audit(req: func.HttpRequest, principal: Principal) -> func.HttpResponse
     if until - since > timedelta(days=MAX_DAYS):
         raise InputError(f"at most {MAX_DAYS} days per request: narrow 'since' and 'until'")
     limit = _limit(req.params.get("limit"))
-    entries = runtime.audit.read(since, until, subject=req.params.get("subject"), limit=limit)
+    subject = req.params.get("subject")
+    if subject is not None and len(subject) > MAX_SUBJECT:
+        # None is stored, and a filter this long could exceed what Table Storage takes in a URL.
+        raise InputError(f"'subject' is at most {MAX_SUBJECT} characters")
+    entries = runtime.audit.read(since, until, subject=subject, limit=limit)
     return json_response(
         {
             "entries": [
@@ -51,14 +57,20 @@ def _time(value: str | None, name: str) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        # In UTC here: an offset can push a time at either end of the calendar out of range.
+        parsed = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
         raise InputError(f"'{name}' must be an ISO 8601 time, e.g. 2026-11-22T00:00:00Z") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if parsed < _EPOCH:
+        raise InputError(f"'{name}' must not be before 1970-01-01T00:00:00Z")
+    return parsed
 
 
 def _limit(value: str | None) -> int:
     if value is None:
         return 1000
-    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 1000:
+    # Without leading zeros, and the length first: int() refuses more than 4300 digits.
+    digits = value.lstrip("0") or "0"
+    if not (value.isascii() and value.isdigit()) or len(digits) > 4 or not 1 <= int(digits) <= 1000:
         raise InputError("'limit' must be a whole number from 1 to 1000")
-    return int(value)
+    return int(digits)

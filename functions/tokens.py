@@ -10,7 +10,7 @@ from functions._http import endpoint, error_response, json_response
 from shared.apikeys import Principal
 from shared.errors import InputError
 from shared.runtime import get_runtime
-from shared.tokens import RefreshUnavailable
+from shared.tokens import MAX_MIN_TTL, RefreshUnavailable
 
 bp = blueprint()
 SCOPE = "tokens:read"
@@ -41,7 +41,11 @@ def _min_ttl(value: str | None) -> int | None:
         return None
     if not (value.isascii() and value.isdigit()):
         raise InputError("'min_ttl' must be a whole number of seconds")
-    return int(value)
+    digits = value.lstrip("0") or "0"
+    if len(digits) > len(str(MAX_MIN_TTL)):
+        # Out of range, and int() refuses more than 4300 digits: say so before it raises.
+        raise InputError(f"'min_ttl' must be from 0 to {MAX_MIN_TTL} seconds")
+    return int(digits)
 
 
 def _flag(value: str | None) -> bool:

@@ -206,7 +206,9 @@ class Connect:
     # -- 3. the callback -------------------------------------------------------------------------
 
     def callback(self, app_id: str, params: dict[str, str]) -> Connected:
-        subject = f"{app_id}/?"
+        # {app} comes from anyone's URL: only a configured app's id goes into the audit subject
+        # (the audit trail refuses oversized or secret-looking ones).
+        subject = f"{app_id}/?" if app_id in self._apps else "?/?"
         try:
             state = self._consume_state(app_id, params.get("state"))
             subject = f"{app_id}/{state.user_id}"

@@ -263,6 +263,11 @@ class PatApi:
         if response.status_code in (401, 403):
             raise PatError("accessDenied", 403, "Azure DevOps refused the user's token "
                            f"({response.status_code})")  # fmt: skip
+        if response.status_code == 404:
+            # The caller's organisation is unknown there: a refusal that keeps its meaning (and
+            # not "already gone", which only a patTokenError says).
+            raise PatError("organizationNotFound", 404, f"Azure DevOps has no organisation "
+                           f"'{organization}' (or no PAT API there): it answered 404")  # fmt: skip
         if response.status_code != 200 or not isinstance(body, dict):
             raise PatError("invalidToken", 502, f"PAT API answered {response.status_code}")
         return body

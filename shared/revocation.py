@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared.apps import Apps
-from shared.audit import AuditLog
+from shared.audit import AuditLog, looks_secret
 from shared.clock import Clock
 from shared.connections import Connection, ConnectionStore, Status
 from shared.crypto import Secret
@@ -95,6 +95,9 @@ class RevocationRequest:
         request_id = text("request_id", 64)
         if request_id is not None and not _REQUEST_ID.match(request_id):
             raise InputError("'request_id' is letters, digits and . _ : - (at most 64)")
+        if request_id is not None and looks_secret(request_id):
+            # It becomes an audit subject, and the audit trail refuses secret-looking ones.
+            raise InputError("'request_id' looks like a credential (a token or key)")
         user_id, app = text("user_id", 256), text("app", 64)
         if user_id is None and app is None:
             raise InputError("give 'user_id', 'app' or both: what should be revoked?")
