@@ -50,21 +50,23 @@ def covers(globs: list[str] | tuple[str, ...], app: str, user_id: str) -> bool:
 
 def covers_app(globs: list[str] | tuple[str, ...], app: str) -> bool:
     """Whether the globs grant every user of ``app`` (what revoking a whole app needs)."""
-    for glob in globs:
-        if glob == "*":
-            return True
-        app_glob, _, user_glob = glob.partition("/")
-        if user_glob == "*" and _pattern(app_glob).fullmatch(app):
-            return True
-    return False
+    return _covers_every(globs, app=app)
 
 
 def covers_user(globs: list[str] | tuple[str, ...], user_id: str) -> bool:
     """Whether the globs grant ``user_id`` in every app (what revoking a whole user needs)."""
+    return _covers_every(globs, user_id=user_id)
+
+
+def _covers_every(
+    globs: list[str] | tuple[str, ...], *, app: str | None = None, user_id: str | None = None
+) -> bool:
     for glob in globs:
         if glob == "*":
             return True
         app_glob, _, user_glob = glob.partition("/")
-        if app_glob == "*" and _pattern(user_glob).fullmatch(user_id):
+        if app is not None and user_glob == "*" and _pattern(app_glob).fullmatch(app):
+            return True
+        if user_id is not None and app_glob == "*" and _pattern(user_glob).fullmatch(user_id):
             return True
     return False

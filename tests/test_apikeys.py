@@ -266,3 +266,21 @@ def test_every_key_action_is_audited_with_ids_never_secrets(
 )
 def test_globs(glob: str, app: str, user: str, expected: bool) -> None:
     assert globs.matches(globs.validate(glob), app, user) is expected
+
+
+@pytest.mark.parametrize(
+    ("resources", "app", "user", "every_user_of_app", "user_in_every_app"),
+    [
+        (["*"], "pd", "alice", True, True),
+        (["pd/*"], "pd", "alice", True, False),
+        (["pagerduty-*/*"], "pagerduty-x", "alice", True, False),
+        (["*/alice"], "pd", "alice", False, True),
+        (["pd/alice"], "pd", "alice", False, False),
+        (["pd/a*"], "pd", "alice", False, False),
+    ],
+)
+def test_revoking_a_whole_app_or_user_needs_globs_covering_all_of_it(
+    resources: list[str], app: str, user: str, every_user_of_app: bool, user_in_every_app: bool
+) -> None:
+    assert globs.covers_app(resources, app) is every_user_of_app
+    assert globs.covers_user(resources, user) is user_in_every_app
