@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -39,7 +38,3 @@ class FixedClock:
     def set(self, when: datetime) -> None:
         with self._lock:
             self._now = when
-
-
-def monotonic() -> float:
-    return time.monotonic()
