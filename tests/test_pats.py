@@ -239,6 +239,13 @@ def test_a_rotation_killed_at_each_step_boundary_completes(
     assert len(world.events(f"pat:{pat['id']}", "keysteward.credential.rotated")) == 1
 
 
+def quiet(world: World) -> None:
+    """No rotation in flight: an injected PAT API failure then reaches the call under test, not a
+    delayed step of an earlier test's rotation."""
+    wait_until(lambda: not [p for p in world.store.select(ManagedPat, "RowKey eq @k", {"k": "pat"})
+                            if p.rotation_id], timeout=60, what="rotations to finish")  # fmt: skip
+
+
 def nightly(world: World) -> None:
     response = requests.post(f"{world.devhost.url}/admin/functions/expiry_sweep", json={},
                              timeout=120)  # fmt: skip
@@ -294,6 +301,7 @@ def test_a_pat_whose_delete_fails_is_listed_and_retried_by_the_nightly_sweep(
 ) -> None:
     connect(world, "p-stuck")
     pat = made(world, "p-stuck")
+    quiet(world)
     world.ado_pats.fail_next("/_apis/tokens/pats", 503)
     response = world.call("DELETE", f"connections/{APP}/p-stuck")
     assert response.status_code == 200, response.text
@@ -327,6 +335,7 @@ def test_revoke_accepts_200_as_well_as_204(world: World) -> None:
 def test_a_pat_delete_that_fails_is_listed_and_retried_nightly(world: World) -> None:
     connect(world, "p-delete-fails")
     pat = made(world, "p-delete-fails")
+    quiet(world)
     world.ado_pats.fail_next("/_apis/tokens/pats", 503)
     response = world.call("DELETE", f"pats/{pat['id']}")
     assert response.json()["status"] == "revoke_failed"
