@@ -16,11 +16,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from shared.apikeys import MAX_DAYS, SCOPES
-from shared.errors import KeystewardError
-from shared.rekey import rekey
+from shared.access.api_keys import MAX_DAYS, SCOPES
+from shared.config.settings import Settings
+from shared.foundation.errors import KeystewardError
+from shared.lifecycle.rekey import rekey
 from shared.runtime import Runtime
-from shared.settings import Settings
 
 Command = Callable[[argparse.Namespace, Runtime], Any]
 

@@ -12,10 +12,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from shared.crypto import KeyRing
-from shared.settings import StorageSettings
-from shared.storage import table_service
-from shared.store import Store
+from shared.config.settings import StorageSettings
+from shared.storage.clients import table_service
+from shared.storage.crypto import KeyRing
+from shared.storage.store import Store
 from tests.peers.azurite import Azurite, start_azurite
 from tests.peers.processes import ROOT
 

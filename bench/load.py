@@ -69,7 +69,7 @@ from bench._common import (
     running_azurite,
 )
 from bench._world import CpuMeter
-from shared.connections import Connection, Status
+from shared.storage.tables.connections import Connection, Status
 from tests.peers.devhost import DevHost
 from tests.peers.world import LEASE_SECONDS, World, running_world
 

@@ -29,10 +29,11 @@ from pathlib import Path
 
 from bench._common import azurite_version, load, machine
 from bench._world import CpuMeter, fresh_world, seconds
-from shared.connections import Connection, ConnectionStore, Status
-from shared.crypto import Secret
-from shared.revocation import COMPLETED, CONCURRENCY, WITH_FAILURES, Outcome, Revocation
-from shared.tablekeys import encode_key
+from shared.foundation.secret import Secret
+from shared.lifecycle.revocation_requests import COMPLETED, CONCURRENCY, WITH_FAILURES
+from shared.storage.tablekeys import encode_key
+from shared.storage.tables.connections import Connection, ConnectionStore, Status
+from shared.storage.tables.revocations import Outcome, Revocation
 from tests.peers.world import World
 
 APP = "pagerduty-incidents"

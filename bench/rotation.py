@@ -49,7 +49,7 @@ from bench._world import (
     queue_options,
     seconds,
 )
-from shared.managed_pats import ManagedPat
+from shared.storage.tables.pats import ManagedPat
 from tests.peers.world import World
 
 APP = "entra-demo"

@@ -38,14 +38,15 @@ from bench._common import (
     running_azurite,
     store_for,
 )
-from shared.clock import FixedClock
-from shared.connections import Connection, ConnectionStore, Status
-from shared.crypto import KeyRing, Secret
-from shared.entities import Entity, to_properties
-from shared.schedule import Schedule, ScheduleEntry, bucket, row_key
-from shared.store import Store
-from shared.sweep import RefreshSweep
-from shared.tablekeys import encode_key
+from shared.foundation.clock import FixedClock
+from shared.foundation.secret import Secret
+from shared.lifecycle.refresh_sweep import RefreshSweep
+from shared.storage.crypto import KeyRing
+from shared.storage.entities import Entity, to_properties
+from shared.storage.store import Store
+from shared.storage.tablekeys import encode_key
+from shared.storage.tables.connections import Connection, ConnectionStore, Status
+from shared.storage.tables.schedule import Schedule, ScheduleEntry, bucket, row_key
 from tests.peers.azurite import ACCOUNT, DEV_KEY, Azurite
 
 APP = "bench-oidc"

@@ -46,8 +46,8 @@ from bench._common import (
     percentile,
     running_azurite,
 )
-from shared.connections import Connection
-from shared.tablekeys import encode_key
+from shared.storage.tablekeys import encode_key
+from shared.storage.tables.connections import Connection
 from tests.peers.azurite import Azurite
 from tests.peers.devhost import DevHost, start_devhost
 from tests.peers.world import World, running_world

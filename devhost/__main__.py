@@ -24,7 +24,7 @@ from devhost.invoker import Invoker
 from devhost.loader import HTTP, QUEUE, TIMER, apply_local_settings, import_app, load_functions
 from devhost.queues import QueueListener
 from devhost.timers import TimerRunner
-from shared.storage import MESSAGE_ENCODING
+from shared.storage.clients import MESSAGE_ENCODING
 
 log = logging.getLogger("devhost")
 

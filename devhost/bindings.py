@@ -17,7 +17,7 @@ import azure.functions as func
 from azure.functions.queue import QueueMessage
 
 from devhost.loader import FunctionSpec
-from shared.storage import MESSAGE_ENCODING, decode_message, encode_message
+from shared.storage.clients import MESSAGE_ENCODING, decode_message, encode_message
 
 T = TypeVar("T")
 

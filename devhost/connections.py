@@ -16,8 +16,8 @@ from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.storage.queue import QueueClient, QueueServiceClient
 
 from devhost.errors import StartupError
-from shared.settings import STORAGE, StorageSettings
-from shared.storage import queue_client, queue_service
+from shared.config.settings import STORAGE, StorageSettings
+from shared.storage.clients import queue_client, queue_service
 
 # Fail fast when storage is down rather than retrying for half a minute, so shutdown stays quick
 # and a poll loop notices at once; devhost's own loops retry.

@@ -29,10 +29,10 @@ from pathlib import Path
 from types import FrameType
 
 from devhost.oidc import OidcServer
-from shared.apikeys import SCOPES
-from shared.errors import Unauthorized
+from shared.access.api_keys import SCOPES
+from shared.config.settings import Settings
+from shared.foundation.errors import Unauthorized
 from shared.runtime import Runtime
-from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCOUNT = "devstoreaccount1"

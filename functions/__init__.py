@@ -17,8 +17,8 @@ from functions import (
     tokens,
     webhooks,
 )
-from shared.apps import load as load_apps
-from shared.settings import get_settings
+from shared.config.apps import load as load_apps
+from shared.config.settings import get_settings
 
 # Read and validate every setting and the apps file now, so a misconfigured app fails at
 # start-up naming the setting or app, instead of on its first request.

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import azure.functions as func
 
 from functions._http import Handler
-from shared.apikeys import Principal
+from shared.access.api_keys import Principal
 from shared.runtime import get_runtime
 
 AuthorizedHandler = Callable[[func.HttpRequest, Principal], func.HttpResponse]

@@ -15,7 +15,7 @@ from typing import Any
 
 import azure.functions as func
 
-from shared.errors import InputError, KeystewardError, PayloadTooLarge
+from shared.foundation.errors import InputError, KeystewardError, PayloadTooLarge
 
 log = logging.getLogger("keysteward.http")
 

@@ -9,8 +9,8 @@ import azure.functions as func
 from functions._auth import authorized
 from functions._blueprint import blueprint
 from functions._http import endpoint, json_response
-from shared.apikeys import Principal
-from shared.errors import InputError
+from shared.access.api_keys import Principal
+from shared.foundation.errors import InputError
 from shared.runtime import get_runtime
 
 bp = blueprint()

@@ -11,10 +11,10 @@ from functions._auth import authorized
 from functions._blueprint import blueprint
 from functions._http import endpoint, json_response, read_json
 from functions._pages import page, redirect
-from shared.apikeys import Principal
-from shared.connect import CallbackFailed
-from shared.connections import check_user_id
-from shared.errors import InputError, KeystewardError
+from shared.access.api_keys import Principal
+from shared.foundation.errors import InputError, KeystewardError
+from shared.lifecycle.connect_flow import CallbackFailed
+from shared.lifecycle.user_ids import check_user_id
 from shared.runtime import get_runtime
 
 bp = blueprint()

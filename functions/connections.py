@@ -7,10 +7,10 @@ import azure.functions as func
 from functions._auth import authorized
 from functions._blueprint import blueprint
 from functions._http import endpoint, json_response
-from shared.apikeys import Principal
-from shared.connections import Connection, Status
-from shared.errors import InputError
+from shared.access.api_keys import Principal
+from shared.foundation.errors import InputError
 from shared.runtime import get_runtime
+from shared.storage.tables.connections import Connection, Status
 
 bp = blueprint()
 READ = "connections:read"

@@ -6,8 +6,8 @@ import azure.functions as func
 
 from functions._blueprint import blueprint
 from functions._http import endpoint, json_response
+from shared.foundation.version import VERSION
 from shared.runtime import get_runtime
-from shared.version import VERSION
 
 bp = blueprint()
 

@@ -7,7 +7,7 @@ import azure.functions as func
 from functions._auth import authorized
 from functions._blueprint import blueprint
 from functions._http import endpoint, json_response, read_json
-from shared.apikeys import Principal
+from shared.access.api_keys import Principal
 from shared.runtime import get_runtime
 
 bp = blueprint()

@@ -10,9 +10,10 @@ import azure.functions as func
 from functions._auth import authorized
 from functions._blueprint import blueprint
 from functions._http import endpoint, json_response, read_json
-from shared.apikeys import Principal
-from shared.managed_pats import ROTATION_QUEUE, ManagedPat
+from shared.access.api_keys import Principal
+from shared.lifecycle.pat_records import ROTATION_QUEUE
 from shared.runtime import get_runtime
+from shared.storage.tables.pats import ManagedPat
 
 bp = blueprint()
 log = logging.getLogger("keysteward.pats")

@@ -8,9 +8,9 @@ import logging
 import azure.functions as func
 
 from functions._blueprint import blueprint
+from shared.config.settings import get_settings
+from shared.lifecycle.refresh_sweep import REFRESH_QUEUE
 from shared.runtime import get_runtime
-from shared.settings import get_settings
-from shared.sweep import REFRESH_QUEUE
 
 bp = blueprint()
 log = logging.getLogger("keysteward.refresh")

@@ -10,12 +10,12 @@ import azure.functions as func
 from functions._auth import authorized
 from functions._blueprint import blueprint
 from functions._http import endpoint, json_response, read_json
-from shared import globs
-from shared.apikeys import Principal
-from shared.errors import Forbidden, InputError, NotFound
-from shared.revocation import QUEUE, Revocation, RevocationRequest
+from shared.access import globs
+from shared.access.api_keys import Principal
+from shared.foundation.errors import Forbidden, InputError, NotFound
+from shared.lifecycle.revocation_requests import QUEUE, RevocationRequest
 from shared.runtime import get_runtime
-from shared.storage import send
+from shared.storage.tables.revocations import Revocation
 
 bp = blueprint()
 log = logging.getLogger("keysteward.revocation")
@@ -44,7 +44,7 @@ def request_revocation(req: func.HttpRequest, principal: Principal) -> func.Http
     record = revoker.accept(request, fallback_id=revoker.new_id())
     message = {"request_id": record.id, "app": request.app, "user_id": request.user_id,
                "reason": request.reason, "requested_by": request.requested_by}  # fmt: skip
-    send(runtime.queues, QUEUE, json.dumps(message))
+    revoker.submit(message)
     return json_response({"id": record.id, "status_url": revoker.status_url(record.id)}, 202)
 
 
@@ -106,7 +106,7 @@ def process_revocation(msg: func.QueueMessage) -> None:
         reason = exc.message if isinstance(exc, InputError) else "not JSON"
         runtime.audit.record("system:revocation", "revocation.malformed", f"message:{msg.id}",
                              outcome="failure", detail={"reason": reason})  # fmt: skip
-        send(runtime.queues, f"{QUEUE}-poison", raw.decode("utf-8", "replace"))
+        runtime.revoker.park(raw.decode("utf-8", "replace"))
         log.error("revocation-requests: malformed message %s parked (%s)", msg.id, reason)
         return
     # A message without a request_id is known by its queue id (stable across redeliveries).

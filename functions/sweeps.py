@@ -8,8 +8,8 @@ import logging
 import azure.functions as func
 
 from functions._blueprint import blueprint
+from shared.config.settings import get_settings
 from shared.runtime import get_runtime
-from shared.settings import get_settings
 
 bp = blueprint()
 log = logging.getLogger("keysteward.sweeps")

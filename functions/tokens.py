@@ -7,10 +7,10 @@ import azure.functions as func
 from functions._auth import authorized
 from functions._blueprint import blueprint
 from functions._http import endpoint, error_response, json_response
-from shared.apikeys import Principal
-from shared.errors import InputError
+from shared.access.api_keys import Principal
+from shared.foundation.errors import InputError
+from shared.lifecycle.access_tokens import MAX_MIN_TTL, RefreshUnavailable
 from shared.runtime import get_runtime
-from shared.tokens import MAX_MIN_TTL, RefreshUnavailable
 
 bp = blueprint()
 SCOPE = "tokens:read"

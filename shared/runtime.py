@@ -14,29 +14,29 @@ from datetime import timedelta
 import requests
 from azure.storage.queue import QueueServiceClient
 
-from shared.apikeys import ApiKeys
-from shared.apps import Apps
-from shared.apps import load as load_apps
-from shared.audit import AuditLog
-from shared.clock import Clock, SystemClock
-from shared.connect import Connect
-from shared.connections import ConnectionStore
-from shared.crypto import KeyRing
-from shared.drivers import Drivers
-from shared.errors import StoreError
-from shared.events import EventPublisher
-from shared.expiry import ExpirySweep
-from shared.http import provider_session
-from shared.lease import Leases
-from shared.managed_pats import ManagedPats
-from shared.revocation import Revoker
-from shared.schedule import Schedule
-from shared.settings import Settings, get_settings
-from shared.storage import queue_service, table_service
-from shared.store import Store
-from shared.sweep import RefreshSweep
-from shared.tokens import Tokens
-from shared.webhooks import WebhookSender
+from shared.access.api_keys import ApiKeys
+from shared.config.apps import Apps
+from shared.config.apps import load as load_apps
+from shared.config.settings import Settings, get_settings
+from shared.foundation.clock import Clock, SystemClock
+from shared.foundation.errors import StoreError
+from shared.lifecycle.access_tokens import Tokens
+from shared.lifecycle.connect_flow import Connect
+from shared.lifecycle.expiry_warnings import ExpirySweep
+from shared.lifecycle.pat_records import ManagedPats
+from shared.lifecycle.refresh_sweep import RefreshSweep
+from shared.lifecycle.revocation_requests import Revoker
+from shared.providers.drivers import Drivers
+from shared.providers.http_session import provider_session
+from shared.storage.clients import queue_service, table_service
+from shared.storage.crypto import KeyRing
+from shared.storage.lease import Leases
+from shared.storage.store import Store
+from shared.storage.tables.connections import ConnectionStore
+from shared.storage.tables.schedule import Schedule
+from shared.trail.audit import AuditLog
+from shared.trail.events import EventPublisher
+from shared.trail.webhooks import WebhookSender
 
 
 @dataclass
@@ -166,6 +166,7 @@ class Runtime:
             schedule=schedule,
             revoker=Revoker(
                 pats=managed_pats,
+                queues=queues,
                 store=store,
                 connections=connections,
                 schedule=schedule,

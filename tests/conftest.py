@@ -11,10 +11,10 @@ import pytest
 from azure.data.tables import TableServiceClient
 from azure.storage.queue import QueueServiceClient
 
-from shared.crypto import KeyRing
-from shared.settings import StorageSettings
-from shared.storage import queue_service, table_service
-from shared.store import Store
+from shared.config.settings import StorageSettings
+from shared.storage.clients import queue_service, table_service
+from shared.storage.crypto import KeyRing
+from shared.storage.store import Store
 from tests.peers.azurite import Azurite, start_azurite
 from tests.peers.world import World, running_world
 

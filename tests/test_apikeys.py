@@ -6,12 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared import apikeys, globs
-from shared.apikeys import CACHE_SECONDS, ApiKeys, parse
-from shared.audit import AuditLog
-from shared.clock import FixedClock
-from shared.errors import Forbidden, InputError, NotFound, Unauthorized
-from shared.store import Store
+from shared.access import api_keys as apikeys
+from shared.access import globs
+from shared.access.api_keys import CACHE_SECONDS, ApiKeys, parse
+from shared.foundation.clock import FixedClock
+from shared.foundation.errors import Forbidden, InputError, NotFound, Unauthorized
+from shared.storage.store import Store
+from shared.storage.tables.api_keys import ApiKey
+from shared.trail.audit import AuditLog
 
 START = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -26,7 +28,7 @@ def keys(store: Store, clock: FixedClock) -> ApiKeys:
     return ApiKeys(store, AuditLog(store, clock), clock)
 
 
-def make(keys: ApiKeys, **overrides: object) -> tuple[apikeys.ApiKey, str]:
+def make(keys: ApiKeys, **overrides: object) -> tuple[ApiKey, str]:
     args: dict[str, object] = {
         "name": "deploy-bot",
         "scopes": ["tokens:read"],

@@ -6,8 +6,8 @@ from typing import Any
 import pytest
 import yaml
 
-from shared import apps, catalogue
-from shared.errors import SettingsError
+from shared.config import apps, catalogue
+from shared.foundation.errors import SettingsError
 
 ENV = {"PD_ID": "pd-client", "PD_SECRET": "pd-secret-value", "ADO_SECRET": "ado-secret"}
 

@@ -12,18 +12,18 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from azure.data.tables import TableServiceClient
 
-from shared.audit import (
+from shared.foundation.clock import FixedClock
+from shared.foundation.redaction import (
     REDACTED,
-    AuditEntry,
-    AuditLog,
     is_sensitive_name,
     looks_secret,
     redact,
     redact_text,
 )
-from shared.clock import FixedClock
-from shared.crypto import Secret
-from shared.store import Store
+from shared.foundation.secret import Secret
+from shared.storage.store import Store
+from shared.storage.tables.audit import AuditEntry
+from shared.trail.audit import AuditLog
 
 START = datetime(2026, 3, 1, 23, 59, 59, 500000, tzinfo=UTC)
 ROW_KEY = re.compile(r"^\d{16}-[0-9a-f]{8}$")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from shared.connections import Connection
+from shared.storage.tables.connections import Connection
 from tests.peers.browser import chromium_missing, headless_chromium
 from tests.peers.world import World
 

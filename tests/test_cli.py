@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 from azure.data.tables import TableServiceClient
 
-from shared.apikeys import SCOPES, ApiKey, ApiKeys, Principal, parse
-from shared.audit import AuditLog
-from shared.clock import SystemClock
-from shared.errors import NotFound, Unauthorized
-from shared.store import Store
+from shared.access.api_keys import SCOPES, ApiKeys, Principal, parse
+from shared.foundation.clock import SystemClock
+from shared.foundation.errors import NotFound, Unauthorized
+from shared.storage.store import Store
+from shared.storage.tables.api_keys import ApiKey
+from shared.trail.audit import AuditLog
 from tests.peers.processes import ROOT, free_port
 from tests.peers.world import World
 

@@ -8,10 +8,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
-from shared.audit import AuditLog
-from shared.clock import SystemClock
-from shared.connect import OAuthState, digest
-from shared.connections import Connection
+from shared.foundation.clock import SystemClock
+from shared.storage.tables.connect_links import OAuthState, digest
+from shared.storage.tables.connections import Connection
+from shared.trail.audit import AuditLog
 from tests.peers.world import RETURN_URL, World, state_of
 
 

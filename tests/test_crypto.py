@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from shared.crypto import KeyRing, SealedSecret, Secret, binding, kid_of
-from shared.entities import Entity
-from shared.errors import DecryptionError
-from shared.store import Row, Store
+from shared.foundation.errors import DecryptionError
+from shared.foundation.secret import Secret
+from shared.storage.crypto import KeyRing, SealedSecret, binding, kid_of
+from shared.storage.entities import Entity
+from shared.storage.store import Row, Store
 
 AAD = binding("Connections", "app", "alice", "refresh_token")
 
@@ -155,3 +156,14 @@ def test_a_secret_sealed_under_an_old_key_is_resealed_with_the_primary_on_write(
     raw = rotated.get("CryptoTest", "app", "carol")
     assert raw is not None
     assert kid_of(raw.data["refresh_token"]) == "new"
+
+
+def test_equal_secrets_hash_equal_and_unequal_ones_differ() -> None:
+    ring = KeyRing([("k1", os.urandom(32))])
+    aad = binding("T", "p", "r", "f")
+    sealed = SealedSecret(ring.seal(b"same value", aad), aad, ring)
+    plain, other = Secret("same value"), Secret("other value")
+    assert plain == sealed
+    assert hash(plain) == hash(sealed) == hash(Secret("same value"))
+    assert plain != other
+    assert len({plain, sealed, Secret("same value"), other}) == 2

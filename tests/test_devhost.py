@@ -29,7 +29,7 @@ from azure.storage.queue import QueueClient, QueueServiceClient
 from devhost.errors import StartupError
 from devhost.hostjson import parse_timespan
 from devhost.routes import Match, MethodNotAllowed, Router, RouteTemplate
-from shared.storage import encode_message
+from shared.storage.clients import encode_message
 from tests.peers.azurite import Azurite, start_azurite
 from tests.peers.processes import ROOT, free_port, spawn, stop, wait_until
 

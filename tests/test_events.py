@@ -14,12 +14,12 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueServiceClient
 
-from shared import events
-from shared.audit import REDACTED
-from shared.clock import FixedClock
-from shared.events import LIFECYCLE_QUEUE, WEBHOOK_QUEUE, EventPublisher
-from shared.settings import StorageSettings
-from shared.storage import queue_service
+from shared.config.settings import StorageSettings
+from shared.foundation.clock import FixedClock
+from shared.foundation.redaction import REDACTED
+from shared.storage.clients import queue_service
+from shared.trail import events
+from shared.trail.events import LIFECYCLE_QUEUE, WEBHOOK_QUEUE, EventPublisher
 from tests.peers.azurite import connection_string
 from tests.peers.processes import free_port
 
@@ -133,7 +133,7 @@ def test_unreachable_storage_neither_fails_nor_blocks_the_caller(
     closed = free_port()  # nothing listens: every queue call is refused
     dead = queue_service(StorageSettings(connection_string=connection_string(closed, closed)))
     publisher = EventPublisher(dead, FixedClock(NOW), source=SOURCE, webhook_enabled=True)
-    caplog.set_level(logging.ERROR, logger="shared.events")
+    caplog.set_level(logging.ERROR, logger="shared.trail.events")
     started = time.monotonic()
     event = publisher.publish(events.CONNECTION_CREATED, "pd/alice", {"password": "hunter2"})
     assert time.monotonic() - started < 5

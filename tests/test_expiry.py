@@ -8,13 +8,13 @@ import pytest
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueServiceClient
 
-from shared.apikeys import ApiKeys
-from shared.audit import AuditLog
-from shared.clock import FixedClock
-from shared.events import APIKEY_EXPIRING, LIFECYCLE_QUEUE, EventPublisher
-from shared.expiry import ExpirySweep, thresholds_crossed
-from shared.storage import decode_message
-from shared.store import Store
+from shared.access.api_keys import ApiKeys
+from shared.foundation.clock import FixedClock
+from shared.lifecycle.expiry_warnings import ExpirySweep, thresholds_crossed
+from shared.storage.clients import decode_message
+from shared.storage.store import Store
+from shared.trail.audit import AuditLog
+from shared.trail.events import APIKEY_EXPIRING, LIFECYCLE_QUEUE, EventPublisher
 
 START = datetime(2026, 11, 22, 2, 0, tzinfo=UTC)
 

@@ -25,11 +25,11 @@ import requests
 import yaml
 from azure.data.tables import TableServiceClient
 
-from shared.connections import Connection, ConnectionStore, Status, UserConnection
-from shared.crypto import Secret
-from shared.revocation import PendingRevocation
-from shared.schedule import Schedule
-from shared.tablekeys import encode_key
+from shared.foundation.secret import Secret
+from shared.storage.tablekeys import encode_key
+from shared.storage.tables.connections import Connection, ConnectionStore, Status, UserConnection
+from shared.storage.tables.revocations import PendingRevocation
+from shared.storage.tables.schedule import Schedule
 from tests.peers.azurite import Azurite
 from tests.peers.devhost import DevHost, start_devhost
 from tests.peers.processes import ROOT, free_port, wait_until

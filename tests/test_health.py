@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from shared.version import VERSION
+from shared.foundation.version import VERSION
 from tests.peers.azurite import DEV_KEY, connection_string
 from tests.peers.devhost import DevHost, start_devhost
 from tests.peers.processes import free_port

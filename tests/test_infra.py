@@ -30,8 +30,8 @@ import pytest
 import yaml
 from pycep import BicepParser
 
-from shared import settings as settings_module
-from shared.settings import KEYSTEWARD_SETTINGS, TEST_SETTINGS, Settings
+from shared.config import settings as settings_module
+from shared.config.settings import KEYSTEWARD_SETTINGS, TEST_SETTINGS, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -205,7 +205,7 @@ def test_the_site_uses_the_app_settings_list(functions: dict[str, Any]) -> None:
 def test_app_settings_include_every_setting_the_code_reads(functions: dict[str, Any]) -> None:
     settings = app_settings(functions)
     missing = [name for name in KEYSTEWARD_SETTINGS if name not in settings]
-    assert not missing, f"shared/settings.py reads {missing}, which infra never sets"
+    assert not missing, f"shared/config/settings.py reads {missing}, which infra never sets"
     unknown = [n for n in settings if n.startswith("KEYSTEWARD_") and n not in KEYSTEWARD_SETTINGS]
     assert not unknown, f"infra sets {unknown}, which the code never reads"
     test_only = [name for name in TEST_SETTINGS if name in settings]
@@ -680,8 +680,9 @@ def package(root: Path, ignore: pathspec.GitIgnoreSpec) -> set[str]:
     return files
 
 
-NEEDED = ["function_app.py", "host.json", "requirements.txt", "apps.yaml", "shared/providers.yaml",
-          "shared/settings.py", "shared/drivers/__init__.py", "functions/__init__.py"]  # fmt: skip
+NEEDED = ["function_app.py", "host.json", "requirements.txt", "apps.yaml",
+          "shared/config/providers.yaml", "shared/config/settings.py",
+          "shared/providers/drivers/__init__.py", "functions/__init__.py"]  # fmt: skip
 KEPT_OUT = [
     "tests/test_infra.py", "bench/__init__.py", "devhost/stack.py", "infra/main.bicep",
     "infra/hooks/keysteward.py", "node_modules/azurite/package.json", ".venv/bin/python",
@@ -704,7 +705,13 @@ def test_funcignore_keeps_what_azure_needs_and_nothing_else(tmp_path: Path) -> N
 
 def test_the_package_of_this_checkout_is_what_azure_needs() -> None:
     files = package(ROOT, funcignore())
-    for needed in ("function_app.py", "host.json", "requirements.txt", "shared/providers.yaml"):
+    needed_files = (
+        "function_app.py",
+        "host.json",
+        "requirements.txt",
+        "shared/config/providers.yaml",
+    )
+    for needed in needed_files:
         assert needed in files
     for directory in ("functions/", "shared/"):
         assert any(f.startswith(directory) and f.endswith(".py") for f in files), directory

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import requests
 
-from shared import apikeys
-from shared.apikeys import ApiKeys, parse
-from shared.audit import AuditLog
-from shared.clock import FixedClock
+from shared.access import api_keys as apikeys
+from shared.access.api_keys import ApiKeys, parse
+from shared.foundation.clock import FixedClock
+from shared.trail.audit import AuditLog
 from tests.peers.world import World
 
 USER = "matrix@contoso.com"

@@ -42,7 +42,7 @@ def test_host_json_sets_what_keysteward_relies_on_explicitly() -> None:
 
 
 def test_producers_encode_messages_as_host_json_says() -> None:
-    from shared.storage import MESSAGE_ENCODING
+    from shared.storage.clients import MESSAGE_ENCODING
 
     assert host_json()["extensions"]["queues"]["messageEncoding"] == MESSAGE_ENCODING
 

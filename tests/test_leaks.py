@@ -42,13 +42,13 @@ import requests
 from azure.data.tables import TableServiceClient
 from azure.storage.queue import QueueServiceClient
 
-from shared.apikeys import parse
-from shared.audit import AuditLog
-from shared.clock import SystemClock
-from shared.connections import Connection
-from shared.crypto import Secret
-from shared.managed_pats import ManagedPat
-from shared.storage import decode_message
+from shared.access.api_keys import parse
+from shared.foundation.clock import SystemClock
+from shared.foundation.secret import Secret
+from shared.storage.clients import decode_message
+from shared.storage.tables.connections import Connection
+from shared.storage.tables.pats import ManagedPat
+from shared.trail.audit import AuditLog
 from tests.peers.processes import wait_until
 from tests.peers.receiver import WebhookReceiver
 from tests.peers.world import SECRETS, World, running_world

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.clock import FixedClock, SystemClock
-from shared.errors import NotFound
-from shared.lease import LeaseLost, Leases, holder, released
-from shared.store import Row, Store
+from shared.foundation.clock import FixedClock, SystemClock
+from shared.foundation.errors import NotFound
+from shared.storage.lease import LeaseLost, Leases, holder, released
+from shared.storage.store import Row, Store
 from tests.peers.processes import ROOT, spawn
 
 TTL = timedelta(seconds=30)
@@ -116,11 +116,11 @@ def test_the_holder_can_store_its_result_and_release_in_one_write(store: Store) 
 WORKER = """
 import json, sys, time
 from datetime import timedelta
-from shared.clock import SystemClock
-from shared.lease import Leases
-from shared.settings import StorageSettings
-from shared.storage import table_service
-from shared.store import Row, Store
+from shared.foundation.clock import SystemClock
+from shared.storage.lease import Leases
+from shared.config.settings import StorageSettings
+from shared.storage.clients import table_service
+from shared.storage.store import Row, Store
 
 conn, name, rounds, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 store = Store(table_service(StorageSettings(connection_string=conn)))

@@ -32,8 +32,8 @@ import yaml
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from shared.apikeys import SCOPES
-from shared.version import VERSION
+from shared.access.api_keys import SCOPES
+from shared.foundation.version import VERSION
 from tests.peers.processes import ROOT
 from tests.peers.world import RETURN_URL, World
 

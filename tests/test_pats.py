@@ -13,10 +13,11 @@ import pytest
 import requests
 from azure.storage.queue import QueueServiceClient
 
-from shared.errors import KeystewardError
-from shared.managed_pats import ROTATION_QUEUE, ManagedPat
-from shared.pats import ALL_ERRORS, PatApi, PatError
-from shared.storage import encode_message
+from shared.foundation.errors import KeystewardError
+from shared.lifecycle.pat_records import ROTATION_QUEUE
+from shared.providers.pat_api import ALL_ERRORS, PatApi, PatError
+from shared.storage.clients import encode_message
+from shared.storage.tables.pats import ManagedPat
 from tests.fakes.ado_pats import PAT_TOKEN_ERRORS
 from tests.peers.processes import ROOT, spawn, wait_until
 from tests.peers.world import World
@@ -190,7 +191,7 @@ def test_a_rotation_runs_create_test_promote_revoke(world: World) -> None:
 WORKER = """
 import os, sys, time
 from shared.runtime import Runtime
-from shared.settings import Settings
+from shared.config.settings import Settings
 runtime = Runtime.build(Settings.from_env(os.environ))
 wait = runtime.managed_pats.rotate(sys.argv[1], sys.argv[2])
 while wait is not None:  # what the queue's delayed redelivery does, in one process

@@ -9,13 +9,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 
-from shared.apps import parse as parse_apps
-from shared.clock import FixedClock
-from shared.connections import Connection, ConnectionStore, Status
-from shared.schedule import Schedule, ScheduleEntry, bucket
-from shared.store import Store
-from shared.sweep import RefreshSweep
-from shared.tokens import backoff, due_at
+from shared.config.apps import parse as parse_apps
+from shared.foundation.clock import FixedClock
+from shared.lifecycle.access_tokens import backoff, due_at
+from shared.lifecycle.refresh_sweep import RefreshSweep
+from shared.storage.store import Store
+from shared.storage.tables.connections import Connection, ConnectionStore, Status
+from shared.storage.tables.schedule import Schedule, ScheduleEntry, bucket
 from tests.peers.processes import wait_until
 from tests.peers.world import World
 

@@ -10,9 +10,10 @@ from datetime import UTC, datetime
 
 from azure.data.tables import TableServiceClient
 
-from shared.connections import Connection, ConnectionStore, Status
-from shared.crypto import KeyRing, Secret, kid_of
-from shared.store import Store
+from shared.foundation.secret import Secret
+from shared.storage.crypto import KeyRing, kid_of
+from shared.storage.store import Store
+from shared.storage.tables.connections import Connection, ConnectionStore, Status
 from tests.peers.processes import ROOT
 
 
@@ -54,3 +55,33 @@ def test_rekey_moves_every_secret_to_the_new_key(
         assert connection is not None
         assert connection.refresh_token is not None
         assert connection.refresh_token.reveal() == f"rt-{i}"
+
+
+def test_rekey_covers_every_table_with_a_sealed_field() -> None:
+    import dataclasses
+    import typing
+
+    from shared.storage import tables
+
+    def has_secret(cls: type) -> bool:
+        hints = typing.get_type_hints(cls)
+        return any("Secret" in str(hints[f.name]) for f in dataclasses.fields(cls))
+
+    with_secrets = {cls for cls in tables.TABLES if has_secret(cls)}
+    assert with_secrets, "the check found no sealed field at all"
+    assert with_secrets == set(tables.SEALED)
+    # Every entity class in shared/storage/tables is listed in TABLES, so none can be missed.
+    import importlib
+    import pkgutil
+
+    from shared.storage.entities import Entity
+
+    defined = set()
+    for info in pkgutil.iter_modules(tables.__path__):
+        module = importlib.import_module(f"shared.storage.tables.{info.name}")
+        defined |= {
+            obj for obj in vars(module).values()
+            if isinstance(obj, type) and issubclass(obj, Entity) and obj is not Entity
+            and obj.__module__ == module.__name__
+        }  # fmt: skip
+    assert defined == set(tables.TABLES)

@@ -16,10 +16,11 @@ import requests
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueServiceClient
 
-from shared.connections import Connection, ConnectionStore, Status
-from shared.crypto import Secret
-from shared.revocation import QUEUE, Outcome, PendingRevocation
-from shared.storage import decode_message, encode_message
+from shared.foundation.secret import Secret
+from shared.lifecycle.revocation_requests import QUEUE
+from shared.storage.clients import decode_message, encode_message
+from shared.storage.tables.connections import Connection, ConnectionStore, Status
+from shared.storage.tables.revocations import Outcome, PendingRevocation
 from tests.peers.processes import ROOT, kill, spawn, wait_until
 from tests.peers.world import SECRETS, World
 
@@ -249,9 +250,9 @@ def seed(world: World, app: str, count: int, prefix: str) -> list[str]:
 
 WORKER = """
 import sys
-from shared.revocation import RevocationRequest
+from shared.lifecycle.revocation_requests import RevocationRequest
 from shared.runtime import Runtime
-from shared.settings import Settings
+from shared.config.settings import Settings
 import os
 runtime = Runtime.build(Settings.from_env(os.environ))
 runtime.revoker._concurrency = 2
@@ -315,8 +316,8 @@ SCHEMA = json.loads((ROOT / "docs" / "revocation-request.schema.json").read_text
 def test_the_documented_schema_and_the_worker_agree(message: dict[str, Any]) -> None:
     from jsonschema import Draft202012Validator
 
-    from shared.errors import InputError
-    from shared.revocation import RevocationRequest
+    from shared.foundation.errors import InputError
+    from shared.lifecycle.revocation_requests import RevocationRequest
 
     valid = Draft202012Validator(SCHEMA).is_valid(message)
     try:

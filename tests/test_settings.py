@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from shared import settings as s
-from shared.errors import SettingsError
+from shared.config import settings as s
+from shared.foundation.errors import SettingsError
 from tests.peers.processes import ROOT
 
 KEY = base64.b64encode(b"k" * 32).decode()
@@ -163,7 +163,7 @@ def test_only_the_settings_module_reads_the_environment() -> None:
         for path in sources
         if "os.environ" in path.read_text() or "os.getenv" in path.read_text()
     ]
-    assert readers == ["shared/settings.py"]
+    assert readers == ["shared/config/settings.py"]
 
 
 def test_every_setting_is_documented() -> None:

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 import pytest
 from azure.data.tables import TableServiceClient
 
-from shared.entities import Entity
-from shared.errors import AlreadyExists, ConcurrencyConflict, InputError
-from shared.store import Row, Store
-from shared.tablekeys import encode_key
+from shared.foundation.errors import AlreadyExists, ConcurrencyConflict, InputError
+from shared.storage.entities import Entity
+from shared.storage.store import Row, Store
+from shared.storage.tablekeys import encode_key
 
 
 class Colour(enum.StrEnum):

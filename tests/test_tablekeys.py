@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.entities import Entity
-from shared.errors import IdTooLong
-from shared.store import Store
-from shared.tablekeys import MAX_KEY_LENGTH, decode_key, encode_key
+from shared.foundation.errors import IdTooLong
+from shared.storage.entities import Entity
+from shared.storage.store import Store
+from shared.storage.tablekeys import MAX_KEY_LENGTH, decode_key, encode_key
 
 _FORBIDDEN = set("/\\#?") | {chr(c) for c in range(0x20)} | {chr(c) for c in range(0x7F, 0xA0)}
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from shared.connections import Connection, Status
-from shared.crypto import Secret
-from shared.events import CONNECTION_NEEDS_REAUTH
+from shared.foundation.secret import Secret
+from shared.storage.tables.connections import Connection, Status
+from shared.trail.events import CONNECTION_NEEDS_REAUTH
 from tests.peers.devhost import DevHost
 from tests.peers.processes import kill, wait_until
 from tests.peers.world import LEASE_SECONDS, SECRETS, World
@@ -332,7 +332,7 @@ def test_a_refused_connection_is_a_transient_failure(world: World) -> None:
 )
 def test_msal_error_data_is_classified(result: dict[str, object], expected: str) -> None:
     """What MSAL returns for Entra's AADSTS errors (providers.md §3) decides the class."""
-    from shared.drivers.entra import _classify
+    from shared.providers.drivers.entra import _classify
 
     assert type(_classify(result)).__name__ == expected
 

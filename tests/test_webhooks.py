@@ -16,10 +16,10 @@ import requests
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient, QueueMessage, QueueServiceClient
 
-from shared import events
-from shared.clock import Clock, FixedClock, SystemClock
-from shared.events import WEBHOOK_QUEUE, EventPublisher
-from shared.webhooks import (
+from shared.foundation.clock import Clock, FixedClock, SystemClock
+from shared.trail import events
+from shared.trail.events import WEBHOOK_QUEUE, EventPublisher
+from shared.trail.webhooks import (
     CONTENT_TYPE,
     DEAD_LETTERED,
     DELIVERED,
@@ -221,7 +221,7 @@ def test_exhausted_attempts_go_to_the_poison_queue(
 ) -> None:
     event = _event()
     sender = make_sender(_closed_url(), max_attempts=3)
-    caplog.set_level(logging.ERROR, logger="shared.webhooks")
+    caplog.set_level(logging.ERROR, logger="shared.trail.webhooks")
     assert sender.deliver({"event": event, "attempt": 3}) == DEAD_LETTERED
     assert _count(_queue(queues, WEBHOOK_QUEUE)) == 0
     [poisoned] = _queue(queues, POISON_QUEUE).peek_messages()
@@ -351,7 +351,8 @@ def test_the_queue_function_delivers_through_the_runtime(
 
     host_message: Callable[..., func.QueueMessage] = QueueMessage  # unannotated constructor
 
-    from shared import runtime, settings
+    from shared import runtime
+    from shared.config import settings
 
     env = {
         **app_env,

@@ -4,7 +4,7 @@
 //
 // App settings are the site's siteConfig.appSettings list, built from fixed entries and one
 // Key Vault reference per name in appSecretSettingNames. Every setting Keysteward reads
-// (shared/settings.py, KEYSTEWARD_SETTINGS) is in appSettings below; tests/test_infra.py checks it.
+// (shared/config/settings.py, KEYSTEWARD_SETTINGS) is in appSettings below; tests/test_infra.py checks it.
 // FUNCTIONS_WORKER_RUNTIME and FUNCTIONS_EXTENSION_VERSION are not allowed on Flex Consumption:
 // the runtime is functionAppConfig.runtime.
 
@@ -82,7 +82,7 @@ param instanceMemoryMB int = 2048
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
-// Keysteward's defaults (shared/settings.py); tests/test_infra.py checks they agree.
+// Keysteward's defaults (shared/config/settings.py); tests/test_infra.py checks they agree.
 var defaultRefreshSchedule = '0 */5 * * * *'
 var defaultExpirySweepSchedule = '0 0 2 * * *'
 var defaultLogLevel = 'INFO'

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from shared.webhooks import WebhookVerificationError, verify
+from shared.trail.webhooks import WebhookVerificationError, verify
 from tests.peers.processes import free_port
 
 

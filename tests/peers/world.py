@@ -22,15 +22,16 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueServiceClient
 
 from devhost.oidc import OidcClient, OidcServer
-from shared.apikeys import SCOPES, ApiKeys
-from shared.audit import AuditEntry, AuditLog
-from shared.clock import SystemClock
-from shared.connections import Connection
-from shared.crypto import KeyRing
-from shared.events import LIFECYCLE_QUEUE
-from shared.settings import Settings
-from shared.storage import decode_message, table_service
-from shared.store import Store
+from shared.access.api_keys import SCOPES, ApiKeys
+from shared.config.settings import Settings
+from shared.foundation.clock import SystemClock
+from shared.storage.clients import decode_message, table_service
+from shared.storage.crypto import KeyRing
+from shared.storage.store import Store
+from shared.storage.tables.audit import AuditEntry
+from shared.storage.tables.connections import Connection
+from shared.trail.audit import AuditLog
+from shared.trail.events import LIFECYCLE_QUEUE
 from tests.fakes.ado_pats import AdoPatsFake
 from tests.fakes.azure_devops_oauth import AzureDevOpsApp, AzureDevOpsOAuthFake
 from tests.fakes.pagerduty import PagerDutyApp, PagerDutyFake

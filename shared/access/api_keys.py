@@ -1,0 +1,329 @@
+"""Scoped API keys, on NuGet's model: scopes on resource globs, for a limited time.
+
+A key reads ``ks_<id>_<secret><check>``: a prefix secret scanners can spot, a 12-character id that
+names the row, 43 base62 characters of secret (256 bits) and a 6-character CRC32 checksum that
+lets a scanner tell a real key from noise offline. Only a SHA-256 of the secret is stored (the
+secret is random, so no slow hash is needed); it is compared in constant time. The full key is
+returned once, at creation or regeneration.
+
+Verified keys are cached per process for ``CACHE_SECONDS``: a deletion or regeneration takes
+effect at once in the process that made it and within that bound everywhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from shared.access import globs
+from shared.foundation.clock import Clock
+from shared.foundation.errors import (
+    ConcurrencyConflict,
+    Forbidden,
+    InputError,
+    NotFound,
+    StoreError,
+    Unauthorized,
+)
+from shared.storage.store import Row, Store
+from shared.storage.tables.api_keys import KEYS_PARTITION as _PARTITION
+from shared.storage.tables.api_keys import ApiKey
+from shared.trail.audit import AuditLog
+
+SCOPES = (
+    "connections:read",
+    "connections:write",
+    "connections:revoke",
+    "tokens:read",
+    "pats:read",
+    "pats:manage",
+    "pats:read-secret",
+    "keys:admin",
+    "audit:read",
+)
+PREFIX = "ks_"
+MAX_DAYS = 365
+CACHE_SECONDS = 10
+MAX_NAME = 100
+MAX_OWNER = 200
+MAX_RESOURCES = 50
+_LAST_USED_EVERY = timedelta(minutes=5)
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
+_FORMAT = re.compile(r"^ks_([a-z2-7]{12})_([0-9A-Za-z]{43})([0-9A-Za-z]{6})$")
+_UNAUTHORIZED = "a valid API key is required: Authorization: Bearer ks_..."
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a verified key's id, scopes and resource globs."""
+
+    key_id: str
+    name: str
+    scopes: frozenset[str]
+    resources: tuple[str, ...]
+
+    @property
+    def actor(self) -> str:
+        return f"key:{self.key_id}"
+
+    def require(self, scope: str) -> None:
+        if scope not in self.scopes:
+            raise Forbidden(f"this API key does not have the scope '{scope}'")
+
+    def require_resource(self, scope: str, app: str, user_id: str) -> None:
+        self.require(scope)
+        if not globs.covers(self.resources, app, user_id):
+            raise Forbidden(f"this API key's resources do not cover '{app}/{user_id}'")
+
+    def covers(self, app: str, user_id: str) -> bool:
+        return globs.covers(self.resources, app, user_id)
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode("ascii")).hexdigest()
+
+
+def _checksum(body: str) -> str:
+    value = zlib.crc32(body.encode("ascii"))
+    digits = []
+    for _ in range(6):
+        value, digit = divmod(value, 62)
+        digits.append(_BASE62[digit])
+    return "".join(reversed(digits))
+
+
+def _new_secret() -> str:
+    return "".join(secrets.choice(_BASE62) for _ in range(43))
+
+
+def _format(key_id: str, secret: str) -> str:
+    body = f"{PREFIX}{key_id}_{secret}"
+    return body + _checksum(body)
+
+
+def parse(raw: str) -> tuple[str, str] | None:
+    """(id, secret) of a well-formed key with a valid checksum, else None."""
+    match = _FORMAT.match(raw)
+    if not match:
+        return None
+    key_id, secret, check = match.groups()
+    if not hmac.compare_digest(_checksum(f"{PREFIX}{key_id}_{secret}"), check):
+        return None
+    return key_id, secret
+
+
+class ApiKeys:
+    def __init__(
+        self, store: Store, audit: AuditLog, clock: Clock, cache_seconds: float = CACHE_SECONDS
+    ) -> None:
+        self._store = store
+        self._audit = audit
+        self._clock = clock
+        self._cache_for = timedelta(seconds=cache_seconds)
+        self._cache: OrderedDict[str, tuple[ApiKey, datetime]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # -- management -------------------------------------------------------------------------
+
+    def create(
+        self,
+        *,
+        name: object,
+        scopes: object,
+        resources: object,
+        expires_in_days: object = MAX_DAYS,
+        owner: object = "",
+        actor: str,
+    ) -> tuple[ApiKey, str]:
+        now = self._clock.now()
+        key_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
+        secret = _new_secret()
+        key = ApiKey(
+            id=key_id,
+            name=_name(name),
+            owner=_owner(owner),
+            scopes=_scopes(scopes),
+            resources=_resources(resources),
+            created_at=now,
+            expires_at=now + timedelta(days=_days(expires_in_days)),
+            secret_hash=_hash(secret),
+            created_by=actor,
+        )
+        self._store.create(key)
+        self._audit.record(
+            actor, "apikey.created", f"key:{key_id}",
+            detail={"name": key.name, "scopes": key.scopes, "resources": key.resources,
+                    "expires_at": key.expires_at.isoformat()},
+        )  # fmt: skip
+        return key, _format(key_id, secret)
+
+    def list(self) -> list[ApiKey]:
+        return sorted(self._store.entities_in(ApiKey, _PARTITION), key=lambda k: k.created_at)
+
+    def get(self, key_id: str) -> ApiKey:
+        key = self._store.read(ApiKey, _PARTITION, key_id) if _valid_id(key_id) else None
+        if key is None:
+            raise NotFound(f"no API key with id '{key_id}'")
+        return key
+
+    def regenerate(self, key_id: str, *, actor: str) -> tuple[ApiKey, str]:
+        """A new secret; scopes, resources and expiry stay. The old secret stops working."""
+        secret = _new_secret()
+
+        def change(key: ApiKey) -> None:
+            key.secret_hash = _hash(secret)
+            key.regenerated_at = self._clock.now()
+
+        key = self._change(key_id, change)
+        self._audit.record(actor, "apikey.regenerated", f"key:{key_id}")
+        return key, _format(key_id, secret)
+
+    def update(self, key_id: str, changes: dict[str, Any], *, actor: str) -> ApiKey:
+        """Change the name and resource globs; scopes are fixed for a key's life, as NuGet's."""
+        if "scopes" in changes:
+            raise InputError(
+                "the scopes of a key cannot be changed: create a new key with the scopes you "
+                "need and delete this one"
+            )
+        unknown = set(changes) - {"name", "resources"}
+        if unknown:
+            raise InputError(f"only 'name' and 'resources' can be changed, not {sorted(unknown)}")
+        if not changes:
+            raise InputError("nothing to change: give 'name' and/or 'resources'")
+        name = _name(changes["name"]) if "name" in changes else None
+        resources = _resources(changes["resources"]) if "resources" in changes else None
+
+        def change(key: ApiKey) -> None:
+            key.name = name or key.name
+            key.resources = resources or key.resources
+
+        key = self._change(key_id, change)
+        self._audit.record(
+            actor, "apikey.updated", f"key:{key_id}",
+            detail={"name": key.name, "resources": key.resources},
+        )  # fmt: skip
+        return key
+
+    def _change(self, key_id: str, change: Callable[[ApiKey], None]) -> ApiKey:
+        """Read, change, write conditionally; again if a concurrent use touched the row."""
+        for _ in range(5):
+            key = self.get(key_id)
+            change(key)
+            try:
+                self._store.save(key)
+            except ConcurrencyConflict:
+                continue  # last_used_at was written meanwhile
+            self._forget(key_id)
+            return key
+        raise ConcurrencyConflict(f"API key '{key_id}' kept changing; try again")
+
+    def delete(self, key_id: str, *, actor: str) -> None:
+        key = self.get(key_id)
+        self._store.delete(ApiKey.TABLE, _PARTITION, key_id)  # unconditional: a use may touch it
+        self._forget(key_id)
+        self._audit.record(actor, "apikey.deleted", f"key:{key_id}", detail={"name": key.name})
+
+    # -- verification -----------------------------------------------------------------------
+
+    def verify(self, authorization: str | None) -> Principal:
+        """The principal behind an ``Authorization: Bearer`` header, or ``Unauthorized``."""
+        scheme, _, raw = (authorization or "").strip().partition(" ")
+        parsed = parse(raw.strip()) if scheme.lower() == "bearer" else None
+        if parsed is None:
+            raise Unauthorized(_UNAUTHORIZED)
+        key_id, secret = parsed
+        now = self._clock.now()
+        key = self._lookup(key_id, now)
+        expected = key.secret_hash if key else _hash("")
+        if not hmac.compare_digest(expected, _hash(secret)) or key is None:
+            raise Unauthorized(_UNAUTHORIZED)
+        if key.expires_at <= now:
+            raise Unauthorized(_UNAUTHORIZED)
+        self._touch(key, now)
+        return Principal(key.id, key.name, frozenset(key.scopes), tuple(key.resources))
+
+    def _lookup(self, key_id: str, now: datetime) -> ApiKey | None:
+        with self._lock:
+            cached = self._cache.get(key_id)
+            if cached and now - cached[1] < self._cache_for:
+                self._cache.move_to_end(key_id)
+                return cached[0]
+        key = self._store.read(ApiKey, _PARTITION, key_id)
+        if key is not None:
+            with self._lock:
+                self._cache[key_id] = (key, now)
+                while len(self._cache) > 10_000:
+                    self._cache.popitem(last=False)
+        return key
+
+    def _forget(self, key_id: str) -> None:
+        with self._lock:
+            self._cache.pop(key_id, None)
+
+    def _touch(self, key: ApiKey, now: datetime) -> None:
+        # Written at most every few minutes: a write per request would double the cost of a call.
+        if key.last_used_at and now - key.last_used_at < _LAST_USED_EVERY:
+            return
+        key.last_used_at = now
+        try:
+            self._store.update(
+                ApiKey.TABLE, Row(_PARTITION, key.id, {"last_used_at": now}), etag="*", merge=True
+            )
+        except StoreError:
+            return  # bookkeeping only: never fail a call for it
+
+
+def _valid_id(key_id: str) -> bool:
+    return bool(re.fullmatch(r"[a-z2-7]{12}", key_id))
+
+
+def _name(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InputError("'name' is required: a non-empty string")
+    value = value.strip()
+    if len(value) > MAX_NAME or not value.isprintable():
+        raise InputError(f"'name' must be printable text of at most {MAX_NAME} characters")
+    return value
+
+
+def _owner(value: object) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > MAX_OWNER or not value.isprintable():
+        raise InputError(f"'owner' must be printable text of at most {MAX_OWNER} characters")
+    return value.strip()
+
+
+def _scopes(value: object) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(s, str) for s in value):
+        raise InputError(f"'scopes' must be a non-empty list of: {', '.join(SCOPES)}")
+    unknown = [s for s in value if s not in SCOPES]
+    if unknown:
+        raise InputError(f"unknown scope(s) {unknown}: use {', '.join(SCOPES)}")
+    return sorted(set(value), key=SCOPES.index)
+
+
+def _resources(value: object) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise InputError("'resources' must be a non-empty list of globs such as '*' or 'app/*'")
+    if len(value) > MAX_RESOURCES:
+        raise InputError(f"at most {MAX_RESOURCES} resource globs")
+    return list(dict.fromkeys(globs.validate(g) for g in value))
+
+
+def _days(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"'expires_in_days' must be a whole number from 1 to {MAX_DAYS}")
+    if not 1 <= value <= MAX_DAYS:
+        raise InputError(f"'expires_in_days' must be from 1 to {MAX_DAYS}, not {value}")
+    return value

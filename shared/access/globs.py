@@ -1,0 +1,72 @@
+"""Resource globs over ``{app}/{user_id}``, as API keys grant them.
+
+A glob is ``*`` (everything) or ``<app glob>/<user glob>``, where ``*`` stands for any run of
+characters (``pagerduty-*/*``, ``*/alice@contoso.com``). The app part never spans a ``/``: app
+ids are slugs, so ``*/alice`` cannot reach a user called ``x/alice`` of another app. Globs match
+connections created after the key, too.
+"""
+
+from __future__ import annotations
+
+import re
+
+from shared.foundation.errors import InputError
+
+MAX_GLOB_LENGTH = 300
+_APP_GLOB = re.compile(r"^[a-z0-9*][a-z0-9*._-]{0,63}$")
+_USER_GLOB = re.compile(r"^[^\s\x00-\x1f\x7f]{1,256}$")
+
+
+def validate(glob: str) -> str:
+    if not isinstance(glob, str) or not glob:
+        raise InputError("a resource glob must be a non-empty string")
+    if len(glob) > MAX_GLOB_LENGTH:
+        raise InputError(f"resource glob longer than {MAX_GLOB_LENGTH} characters")
+    if glob == "*":
+        return glob
+    app, sep, user = glob.partition("/")
+    if not sep or not _APP_GLOB.match(app) or not _USER_GLOB.match(user):
+        raise InputError(
+            f"malformed resource glob {glob!r}: use '*' or '<app>/<user_id>' where '*' matches "
+            "anything, e.g. 'pagerduty-*/*' or '*/alice@contoso.com'"
+        )
+    return glob
+
+
+def _pattern(part: str) -> re.Pattern[str]:
+    return re.compile("".join(".*" if c == "*" else re.escape(c) for c in part), re.DOTALL)
+
+
+def matches(glob: str, app: str, user_id: str) -> bool:
+    if glob == "*":
+        return True
+    app_glob, _, user_glob = glob.partition("/")
+    return bool(_pattern(app_glob).fullmatch(app) and _pattern(user_glob).fullmatch(user_id))
+
+
+def covers(globs: list[str] | tuple[str, ...], app: str, user_id: str) -> bool:
+    return any(matches(glob, app, user_id) for glob in globs)
+
+
+def covers_app(globs: list[str] | tuple[str, ...], app: str) -> bool:
+    """Whether the globs grant every user of ``app`` (what revoking a whole app needs)."""
+    return _covers_every(globs, app=app)
+
+
+def covers_user(globs: list[str] | tuple[str, ...], user_id: str) -> bool:
+    """Whether the globs grant ``user_id`` in every app (what revoking a whole user needs)."""
+    return _covers_every(globs, user_id=user_id)
+
+
+def _covers_every(
+    globs: list[str] | tuple[str, ...], *, app: str | None = None, user_id: str | None = None
+) -> bool:
+    for glob in globs:
+        if glob == "*":
+            return True
+        app_glob, _, user_glob = glob.partition("/")
+        if app is not None and user_glob == "*" and _pattern(app_glob).fullmatch(app):
+            return True
+        if user_id is not None and app_glob == "*" and _pattern(user_glob).fullmatch(user_id):
+            return True
+    return False

@@ -1,0 +1,370 @@
+"""The connect flow: a single-use link, the provider's consent page, and the callback that
+stores the grant.
+
+1. ``create_session`` (an API caller) → a link valid ten minutes, usable once.
+2. ``start`` (the user's browser opens the link) → a fresh state (256 bits) and, where the
+   provider supports it, PKCE S256; the state row keeps what the callback needs, sealed.
+3. ``callback`` → the state is checked (known, unexpired, for this app) and consumed by a
+   conditional delete, so a replay finds nothing; the code is exchanged; the connection is stored.
+
+Every failure stores nothing, is audited, and surfaces as ``CallbackFailed`` with a status and a
+message fit for the user's browser. Links and states are stored only as SHA-256 digests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from shared.config.apps import App, Apps
+from shared.foundation.clock import Clock
+from shared.foundation.errors import (
+    AlreadyExists,
+    ConcurrencyConflict,
+    InputError,
+    KeystewardError,
+    NotFound,
+    ProviderError,
+)
+from shared.foundation.secret import Secret
+from shared.lifecycle.access_tokens import due_at
+from shared.lifecycle.grants import take_grant
+from shared.lifecycle.user_ids import check_user_id
+from shared.providers.drivers import Drivers
+from shared.providers.oauth import Grant, new_state
+from shared.storage.store import Store
+from shared.storage.tables.connect_links import ConnectLink, OAuthState, digest
+from shared.storage.tables.connections import Connection, ConnectionStore, Status
+from shared.storage.tables.schedule import Schedule
+from shared.trail.audit import AuditLog
+from shared.trail.events import CONNECTION_CREATED, CONNECTION_RECOVERED, EventPublisher
+
+LINK_TTL = timedelta(minutes=10)
+STATE_TTL = timedelta(minutes=10)
+_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class CallbackFailed(KeystewardError):
+    """A connect step failed; ``status`` and ``message`` are for the user's browser."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+
+
+@dataclass(frozen=True)
+class Connected:
+    connection: Connection
+    event: str | None
+    redirect_to: str | None
+
+
+class Connect:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        apps: Apps,
+        drivers: Drivers,
+        audit: AuditLog,
+        events: EventPublisher,
+        clock: Clock,
+        public_url: str,
+        allowed_return_urls: tuple[str, ...],
+        schedule: Schedule,
+    ) -> None:
+        self._schedule = schedule
+        self._store = store
+        self._connections = ConnectionStore(store)
+        self._apps = apps
+        self._drivers = drivers
+        self._audit = audit
+        self._events = events
+        self._clock = clock
+        self._public_url = public_url.rstrip("/")
+        self._allowed = allowed_return_urls
+
+    def redirect_uri(self, app_id: str) -> str:
+        return f"{self._public_url}/api/oauth/{app_id}/callback"
+
+    # -- 1. the link ----------------------------------------------------------------------------
+
+    def create_link(
+        self, app_id: object, user_id: object, return_to: object, *, actor: str
+    ) -> dict[str, Any]:
+        if not isinstance(app_id, str) or app_id not in self._apps:
+            raise InputError(f"'app' must name a configured app, not {app_id!r}")
+        user = check_user_id(user_id)
+        if return_to is not None and (
+            not isinstance(return_to, str) or urlsplit(return_to).scheme not in ("http", "https")
+        ):
+            raise InputError("'return_to' must be an absolute http(s) URL")
+        token = secrets.token_urlsafe(32)
+        now = self._clock.now()
+        link = ConnectLink(
+            digest=digest(token),
+            app=app_id,
+            user_id=user,
+            created_by=actor,
+            created_at=now,
+            expires_at=now + LINK_TTL,
+            return_to=return_to,
+        )
+        self._store.create(link)
+        self._audit.record(actor, "connect.link_created", f"{app_id}/{user}")
+        return {
+            "url": f"{self._public_url}/api/connect/{token}",
+            "expires_at": link.expires_at.isoformat(),
+            "return_to_allowed": return_to is None or self.return_allowed(return_to),
+        }
+
+    # -- 2. the redirect to the provider ---------------------------------------------------------
+
+    def start(self, token: str) -> str:
+        now = self._clock.now()
+        link = self._store.read(ConnectLink, digest(token), "link") if token else None
+        if link is None:
+            raise CallbackFailed(404, "unknown_link", "This connect link is unknown or was used.")
+        if link.expires_at <= now:
+            self._store.remove(link)
+            raise CallbackFailed(410, "expired_link", "This connect link has expired.")
+        app = self._app_for(link.app)
+        state = new_state()
+        redirect_uri = self.redirect_uri(app.id)
+        try:
+            request = self._drivers.for_app(app).begin(app, redirect_uri, state)
+        except ProviderError as exc:
+            raise CallbackFailed(
+                502,
+                "provider_unavailable",
+                f"{app.display_name} could not be "
+                f"reached to start the sign-in ({exc.oauth_error}).",
+            ) from None
+        pending = OAuthState(
+            digest=digest(state),
+            app=app.id,
+            user_id=link.user_id,
+            redirect_uri=redirect_uri,
+            pending=Secret(json.dumps(request.pending)),
+            created_by=link.created_by,
+            created_at=now,
+            expires_at=now + STATE_TTL,
+            return_to=link.return_to,
+        )
+        self._store.create(pending)
+        try:
+            self._store.remove(link)  # single use: whoever deletes it first wins
+        except ConcurrencyConflict:
+            self._store.remove(pending)
+            raise CallbackFailed(
+                404, "unknown_link", "This connect link was already used."
+            ) from None
+        return request.url
+
+    # -- 3. the callback -------------------------------------------------------------------------
+
+    def callback(self, app_id: str, params: dict[str, str]) -> Connected:
+        # {app} comes from anyone's URL: only a configured app's id goes into the audit subject
+        # (the audit trail refuses oversized or secret-looking ones).
+        subject = f"{app_id}/?" if app_id in self._apps else "?/?"
+        try:
+            state = self._consume_state(app_id, params.get("state"))
+            subject = f"{app_id}/{state.user_id}"
+            app = self._app_for(app_id)
+            self._provider_error(app, params)
+            grant = self._exchange(app, state, params)
+            self._check_scopes(app, grant)
+            connected = self._store_connection(app, state, grant)
+        except CallbackFailed as failed:
+            self._audit.record(
+                "user:browser",
+                "connection.connect_failed",
+                subject,
+                outcome="failure",
+                detail={"reason": failed.error},
+            )
+            raise
+        self._audit.record(
+            "user:browser",
+            "connection.connected",
+            subject,
+            detail={"scopes": connected.connection.scopes, "event": connected.event},
+        )
+        if connected.event:
+            self._events.publish(
+                connected.event,
+                subject,
+                {
+                    "app": app.id,
+                    "user_id": state.user_id,
+                    "provider": app.provider.name,
+                    "scopes": connected.connection.scopes,
+                },
+            )
+        return connected
+
+    def _consume_state(self, app_id: str, state: str | None) -> OAuthState:
+        if not state:
+            raise CallbackFailed(
+                400,
+                "missing_state",
+                "The answer from the sign-in page has no "
+                "state: start again from your connect link.",
+            )
+        row = self._store.read(OAuthState, digest(state), "state")
+        if row is None:
+            raise CallbackFailed(
+                400,
+                "unknown_state",
+                "This sign-in is unknown, expired or was "
+                "already completed: start again from a new connect link.",
+            )
+        try:
+            self._store.remove(row)  # single use: a replay finds nothing
+        except ConcurrencyConflict:
+            raise CallbackFailed(
+                400, "replayed_state", "This sign-in was already completed."
+            ) from None
+        if row.app != app_id:
+            raise CallbackFailed(400, "wrong_app", "This sign-in was started for another app.")
+        if row.expires_at <= self._clock.now():
+            raise CallbackFailed(
+                400,
+                "expired_state",
+                "This sign-in took too long and expired: start again from a new connect link.",
+            )
+        return row
+
+    def _provider_error(self, app: App, params: dict[str, str]) -> None:
+        error = params.get("error")
+        if not error:
+            return
+        code = error if _CODE.match(error) else "invalid_error"
+        if code == "access_denied":
+            raise CallbackFailed(
+                403,
+                "access_denied",
+                f"You declined to connect {app.display_name}: nothing was stored.",
+            )
+        raise CallbackFailed(
+            502,
+            f"provider_{code}",
+            f"{app.display_name} answered with an error ({code}); nothing was stored.",
+        )
+
+    def _exchange(self, app: App, state: OAuthState, params: dict[str, str]) -> Grant:
+        if not params.get("code"):
+            raise CallbackFailed(
+                400, "missing_code", "The answer from the sign-in page has no code."
+            )
+        driver = self._drivers.for_app(app)
+        try:
+            pending = json.loads(state.pending.reveal())
+            return driver.finish(app, pending, params, state.redirect_uri)
+        except InputError as exc:
+            raise CallbackFailed(400, "invalid_answer", exc.message) from None
+        except ProviderError as exc:
+            raise CallbackFailed(
+                502,
+                "code_exchange_failed",
+                f"{app.display_name} did not accept "
+                f"the sign-in ({exc.oauth_error}); nothing was stored. Codes "
+                "are short-lived: start again from a new link.",
+            ) from None
+
+    def _check_scopes(self, app: App, grant: Grant) -> None:
+        if not app.provider.scope_check:
+            return
+        granted = set(grant.scopes)
+        missing = [
+            s for s in app.scopes if s not in granted and s not in app.provider.implicit_scopes
+        ]
+        if missing:
+            self._discard(app, grant)
+            raise CallbackFailed(
+                403,
+                "insufficient_scope",
+                f"{app.display_name} granted less than "
+                f"was asked (missing: {' '.join(missing)}); nothing was stored.",
+            )
+
+    def _discard(self, app: App, grant: Grant) -> None:
+        # A grant we will not keep is revoked where the provider allows, so nothing dangles.
+        with contextlib.suppress(ProviderError):
+            self._drivers.for_app(app).revoke(app, grant)
+
+    def _store_connection(self, app: App, state: OAuthState, grant: Grant) -> Connected:
+        now = self._clock.now()
+        for _ in range(5):
+            existing = self._connections.find(app.id, state.user_id)
+            if existing is None:
+                connection = Connection(
+                    app=app.id,
+                    user_id=state.user_id,
+                    provider=app.provider.name,
+                    status=Status.ACTIVE,
+                    scopes=list(grant.scopes),
+                    created_at=now,
+                    updated_at=now,
+                    connected_at=now,
+                    redirect_uri=state.redirect_uri,
+                )
+                event: str | None = CONNECTION_CREATED
+            else:
+                connection = existing
+                event = {
+                    Status.NEEDS_REAUTH: CONNECTION_RECOVERED,
+                    Status.REVOKED: CONNECTION_CREATED,
+                }.get(connection.status)
+            take_grant(connection, grant, now)
+            connection.status = Status.ACTIVE
+            connection.connected_at = now
+            connection.redirect_uri = state.redirect_uri
+            connection.refresh_failures = 0
+            connection.last_error = connection.next_attempt_at = None
+            connection.needs_reauth_at = connection.revoked_at = None
+            connection.last_refreshed_at = now
+            old_bucket = connection.schedule_bucket
+            # The index row first: a crash leaves a row the sweep drops, never an unswept grant.
+            connection.schedule_bucket = self._schedule.put(
+                app.id, state.user_id, due_at(connection, app, now), "refresh"
+            )
+            try:
+                self._connections.save_new_or_existing(connection)
+            except (ConcurrencyConflict, AlreadyExists):
+                continue  # a refresh or another consent wrote meanwhile: merge onto it
+            if old_bucket and old_bucket != connection.schedule_bucket:
+                self._schedule.drop(old_bucket, app.id, state.user_id)
+            redirect = self._return_url(state.return_to, connection)
+            return Connected(connection, event, redirect)
+        raise CallbackFailed(409, "busy", "The connection is being changed: try again.")
+
+    def _return_url(self, return_to: str | None, connection: Connection) -> str | None:
+        if not return_to or not self.return_allowed(return_to):
+            return None
+        query = urlencode(
+            {"status": "connected", "app": connection.app, "user_id": connection.user_id}
+        )
+        return f"{return_to}{'&' if '?' in return_to else '?'}{query}"
+
+    def return_allowed(self, url: str) -> bool:
+        """Exact match with an allowed URL, or under an allowed URL that ends with '/'."""
+        for allowed in self._allowed:
+            if url == allowed:
+                return True
+            if allowed.endswith("/") and url.startswith(allowed) and "/../" not in url:
+                return urlsplit(url).netloc == urlsplit(allowed).netloc
+        return False
+
+    def _app_for(self, app_id: str) -> App:
+        try:
+            return self._apps.get(app_id)
+        except NotFound:
+            raise CallbackFailed(404, "unknown_app", f"No app '{app_id}' is configured.") from None

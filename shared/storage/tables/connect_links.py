@@ -1,0 +1,47 @@
+"""``ConnectLinks`` and ``OAuthStates``: single-use connect links and OAuth states, keyed by the
+SHA-256 of the token (never the token itself), each living ten minutes."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from shared.foundation.secret import Secret
+from shared.storage.entities import Entity
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class ConnectLink(Entity):
+    TABLE = "ConnectLinks"
+    PARTITION = "digest"
+    ROW = "kind"
+    digest: str
+    app: str
+    user_id: str
+    created_by: str
+    created_at: datetime
+    expires_at: datetime
+    return_to: str | None = None
+    kind: str = "link"
+
+
+@dataclass
+class OAuthState(Entity):
+    TABLE = "OAuthStates"
+    PARTITION = "digest"
+    ROW = "kind"
+    digest: str
+    app: str
+    user_id: str
+    redirect_uri: str
+    pending: Secret
+    created_by: str
+    created_at: datetime
+    expires_at: datetime
+    return_to: str | None = None
+    kind: str = "state"

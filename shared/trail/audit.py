@@ -1,0 +1,141 @@
+"""The append-only audit trail, and the one redaction used by everything that writes outside.
+
+Entries live in the ``Audit`` table: PartitionKey = UTC day ``YYYYMMDD``, RowKey =
+``<16-digit microseconds since the epoch>-<8 random hex>``, so keys sort by time across days and
+two writers in the same microsecond still get distinct rows (a collision, one in 2**32, retries
+with a new suffix). Entries are only ever inserted: never updated, never deleted.
+
+Nothing secret may enter the trail: every detail goes through ``shared.foundation.redaction``.
+
+``actor``, ``action``, ``subject`` and ``outcome`` are identifiers, not free text: one that looks
+secret is a programming error and is refused with ``ValueError`` before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, timedelta
+
+from shared.foundation.clock import Clock
+from shared.foundation.errors import AlreadyExists
+from shared.foundation.redaction import check_identifier, redact
+from shared.storage.store import Store
+from shared.storage.tablekeys import encode_key
+from shared.storage.tables.audit import AuditEntry
+
+REDACTED = "[redacted]"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_DEPTH = 16
+_MAX_DETAIL_CHARS = 30_000  # a Table string property holds 32K UTF-16 characters
+_MAX_FIELD_CHARS = 1024
+_INSERT_TRIES = 5
+
+
+class AuditLog:
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+
+    def record(
+        self,
+        actor: str,
+        action: str,
+        subject: str,
+        outcome: str = "success",
+        detail: Mapping[str, object] | None = None,
+    ) -> AuditEntry:
+        """Append one entry. Storage failures propagate: an action that cannot be audited fails."""
+        for name, value in (
+            ("actor", actor),
+            ("action", action),
+            ("subject", subject),
+            ("outcome", outcome),
+        ):
+            check_identifier(f"audit {name}", value)
+        safe = _bounded(redact(detail or {}))
+        at = self._clock.now().astimezone(UTC)
+        for _ in range(_INSERT_TRIES):
+            entry = AuditEntry(
+                day=day_key(at),
+                id=row_key(at),
+                at=at,
+                actor=actor,
+                action=action,
+                subject=subject,
+                outcome=outcome,
+                detail=safe,
+            )
+            try:
+                return self._store.create(entry)
+            except AlreadyExists:
+                continue  # same microsecond and same random suffix: draw again
+        raise AlreadyExists("Audit: could not find a free row key")  # pragma: no cover
+
+    def read(
+        self,
+        since: datetime,
+        until: datetime | None = None,
+        subject: str | None = None,
+        limit: int = 1000,
+    ) -> list[AuditEntry]:
+        """Entries at or after ``since`` and before ``until`` (open-ended when None), oldest first.
+
+        Only the day partitions from ``since`` on are read (one range query); the time bounds are
+        row-key bounds, so no partition is scanned beyond them.
+        """
+        if since.tzinfo is None or (until is not None and until.tzinfo is None):
+            raise ValueError("audit reads take timezone-aware datetimes")
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        since = since.astimezone(UTC)
+        clauses = ["PartitionKey ge @day_low", "RowKey ge @row_low"]
+        params: dict[str, object] = {
+            "day_low": encode_key(day_key(since)),
+            "row_low": encode_key(_micros_key(since)),
+        }
+        if until is not None:
+            until = until.astimezone(UTC)
+            if until <= since:
+                return []
+            clauses += ["PartitionKey le @day_high", "RowKey lt @row_high"]
+            params["day_high"] = encode_key(day_key(until - timedelta(microseconds=1)))
+            params["row_high"] = encode_key(_micros_key(until))
+        if subject is not None:
+            clauses.append("subject eq @subject")
+            params["subject"] = subject
+        entries: list[AuditEntry] = []
+        query = " and ".join(clauses)
+        for entry in self._store.select(AuditEntry, query, params, page_size=min(limit, 1000)):
+            entries.append(entry)
+            if len(entries) >= limit:
+                break
+        return entries
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+def day_key(at: datetime | date) -> str:
+    if isinstance(at, datetime):
+        at = at.astimezone(UTC).date()
+    return at.strftime("%Y%m%d")
+
+
+def row_key(at: datetime) -> str:
+    return f"{_micros_key(at)}-{secrets.token_hex(4)}"
+
+
+def _micros_key(at: datetime) -> str:
+    micros = (at.astimezone(UTC) - _EPOCH) // timedelta(microseconds=1)
+    if micros < 0:
+        raise ValueError("audit times start at the epoch")
+    return f"{micros:016d}"
+
+
+def _bounded(detail: dict[str, object]) -> dict[str, object]:
+    """Keep the detail within one Table property; an oversized one keeps only its field names."""
+    if len(json.dumps(detail, separators=(",", ":"), sort_keys=True)) <= _MAX_DETAIL_CHARS:
+        return detail
+    return {"truncated": True, "fields": [name[:64] for name in sorted(detail)[:100]]}
