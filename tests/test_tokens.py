@@ -260,6 +260,20 @@ def test_a_dead_grant_needs_reauth_once(world: World, app: str, error: str) -> N
     ]
 
 
+def test_a_connection_without_a_refresh_token_is_a_dead_grant(world: World) -> None:
+    """Nothing can refresh it: 424 and needs_reauth once, not a transient failure retried."""
+    app, user = "oidc-demo", "t-no-refresh@contoso.com"
+    connect(world, app, user)
+    connection = world.connection(app, user)
+    connection.refresh_token = None
+    world.store.save(connection)
+    responses = [world.token(app, user, force_refresh="true") for _ in range(2)]
+    assert [r.status_code for r in responses] == [424, 424]
+    assert responses[0].json()["error"] == "needs_reauth"
+    assert world.connection(app, user).status == Status.NEEDS_REAUTH
+    assert len(world.events(f"{app}/{user}", CONNECTION_NEEDS_REAUTH)) == 1
+
+
 @pytest.mark.parametrize(("status", "retry_after"), [(503, 120), (429, 90), (500, None)])
 def test_a_transient_failure_keeps_the_connection_and_backs_off(
     world: World, status: int, retry_after: int | None

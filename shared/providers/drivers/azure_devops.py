@@ -12,7 +12,7 @@ import requests
 
 from shared.config.apps import App
 from shared.foundation.clock import Clock
-from shared.foundation.errors import InputError, ProviderError
+from shared.foundation.errors import GrantInvalid, InputError
 from shared.providers.drivers.base import AuthRequest
 from shared.providers.oauth import Grant, grant_from, token_request
 
@@ -47,7 +47,8 @@ class AzureDevOpsOAuth:
 
     def refresh(self, app: App, grant: Grant) -> Grant:
         if grant.refresh_token is None:
-            raise ProviderError("no refresh token to refresh with", oauth_error="invalid_grant")
+            # Nothing can renew this grant: it is dead, not failing for a while.
+            raise GrantInvalid("no refresh token to refresh with", oauth_error="invalid_grant")
         redirect_uri = str(grant.extra.get("redirect_uri", ""))
         body = self._token(
             app, "refresh_token", grant.refresh_token.reveal(), redirect_uri, "refresh"

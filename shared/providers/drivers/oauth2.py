@@ -13,7 +13,7 @@ import requests
 
 from shared.config.apps import App
 from shared.foundation.clock import Clock
-from shared.foundation.errors import InputError, ProviderError, ProviderUnavailable
+from shared.foundation.errors import GrantInvalid, InputError, ProviderError, ProviderUnavailable
 from shared.providers.drivers.base import AuthRequest
 from shared.providers.oauth import Grant, grant_from, pkce_pair, revocation_request, token_request
 
@@ -66,7 +66,8 @@ class OAuth2:
 
     def refresh(self, app: App, grant: Grant) -> Grant:
         if grant.refresh_token is None:
-            raise ProviderError("no refresh token to refresh with", oauth_error="invalid_grant")
+            # Nothing can renew this grant: it is dead, not failing for a while.
+            raise GrantInvalid("no refresh token to refresh with", oauth_error="invalid_grant")
         data = {"grant_type": "refresh_token", "refresh_token": grant.refresh_token.reveal()}
         body = self._token(app, data, "refresh")
         return grant_from(body, now=self._clock.now(), requested=grant.scopes,
