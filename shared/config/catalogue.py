@@ -13,6 +13,7 @@ from shared.foundation.errors import SettingsError
 
 CATALOGUE = Path(__file__).with_name("providers.yaml")
 DRIVERS = ("oauth2", "azure-devops-oauth", "msal")
+SCOPE_CHECKS = ("strict", "off")
 REVOCATION = ("rfc7009", "rfc7009-if-advertised", "optional", "none")
 Revocation = Literal["rfc7009", "rfc7009-if-advertised", "optional", "none"]
 
@@ -82,6 +83,10 @@ def _provider(name: str, spec: Any, source: str) -> Provider:
     revocation = field("revocation", str)
     if revocation not in REVOCATION:
         raise SettingsError(f"{where}: revocation must be one of {', '.join(REVOCATION)}")
+    scope_check = field("scope_check", str, "strict")
+    if scope_check not in SCOPE_CHECKS:
+        # A typo must not turn the check off.
+        raise SettingsError(f"{where}: scope_check must be one of {', '.join(SCOPE_CHECKS)}")
     margin = field("refresh_margin", int)
     if margin < 0:
         raise SettingsError(f"{where}: refresh_margin must not be negative")
@@ -98,7 +103,7 @@ def _provider(name: str, spec: Any, source: str) -> Provider:
         scope_separator=field("scope_separator", str),
         refresh_rotates=field("refresh_rotates", str),
         revocation=revocation,
-        scope_check=field("scope_check", str, "strict") == "strict",
+        scope_check=scope_check == "strict",
         implicit_scopes=tuple(field("implicit_scopes", list, [])),
         refresh_margin=margin,
         keepalive_days=keepalive,
