@@ -1,5 +1,6 @@
 """The nightly sweep (KEYSTEWARD_EXPIRY_SWEEP_SCHEDULE): expiry warnings, then another try at
-upstream revocations that kept failing."""
+upstream revocations that kept failing, then the repair of managed PATs; each runs even when an
+earlier one failed."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import azure.functions as func
 
 from functions._blueprint import blueprint
 from shared.config.settings import get_settings
+from shared.lifecycle.nightly import run_nightly
 from shared.runtime import get_runtime
 
 bp = blueprint()
@@ -20,9 +22,11 @@ log = logging.getLogger("keysteward.sweeps")
 )
 def expiry_sweep(timer: func.TimerRequest) -> None:
     runtime = get_runtime()
-    report = runtime.expiry_sweep().run()
-    log.info("expiry sweep: %d checked, %d warned", report.checked, len(report.warned))
-    # The nightly second chance for upstream revocations that kept failing.
-    retried = runtime.revoker.retry_failures()
-    repaired = runtime.managed_pats.repair(runtime.clock.now())
-    log.info("revocation retries: %s; managed PATs: %s", retried, repaired)
+    report = run_nightly(
+        [
+            ("expiry warnings", lambda: runtime.expiry_sweep().run()),
+            ("revocation retries", runtime.revoker.retry_failures),
+            ("managed PAT repair", lambda: runtime.managed_pats.repair(runtime.clock.now())),
+        ]
+    )
+    log.info("nightly sweep: %s", report.results)
