@@ -143,3 +143,13 @@ def test_unreachable_storage_neither_fails_nor_blocks_the_caller(
     assert WEBHOOK_QUEUE in caplog.text
     assert "hunter2" not in caplog.text
     assert publisher._ready == set()  # creation is tried again next time
+
+
+def test_the_documented_event_types_are_the_emitted_ones() -> None:
+    import re
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "events.md").read_text()
+    documented = set(re.findall(r"^\| `(keysteward\.[a-z_.]+)` \|", docs, re.M))
+    assert documented == set(events.EVENT_TYPES)
+    assert "planned" not in docs.lower()
