@@ -13,6 +13,7 @@
     ├── StoreError               storage said no
     │   ├── ConcurrencyConflict  a conditional write lost a race (stale ETag)
     │   ├── AlreadyExists        an insert met an existing row
+    │   ├── Contended            503: a read-modify-write lost every try (``retry_after``)
     │   └── StorageUnavailable   storage did not answer
     ├── CryptoError
     │   └── DecryptionError      503: unknown kid, wrong key, or a ciphertext moved to another row
@@ -91,6 +92,15 @@ class ConcurrencyConflict(StoreError):
 class AlreadyExists(StoreError):
     error = "already_exists"
     status = 409
+
+
+class Contended(StoreError):
+    """A row kept changing under other writers until the tries ran out (``shared.storage.retry``).
+    Nothing was written; trying again shortly will most likely succeed."""
+
+    error = "busy"
+    status = 503
+    retry_after = 1.0
 
 
 class StorageUnavailable(StoreError):

@@ -39,7 +39,6 @@ from shared.foundation.errors import (
     InputError,
     KeystewardError,
     NotFound,
-    ProviderError,
 )
 from shared.foundation.secret import Secret
 from shared.lifecycle.access_tokens import Tokens
@@ -52,6 +51,7 @@ from shared.providers.pat_api import (
 )
 from shared.storage.clients import send
 from shared.storage.lease import Leases
+from shared.storage.retry import on_conflict
 from shared.storage.store import Store
 from shared.storage.tables.connections import Connection, ConnectionStore
 from shared.storage.tables.pats import ManagedPat, PatOfConnection, PatStatus, index_partition
@@ -257,7 +257,8 @@ class ManagedPats:
 
     def destroy_locally(self, pat_id: str) -> ManagedPat:
         """Wipe the stored secrets: from here on the PAT is never served again."""
-        for attempt in range(10):
+
+        def attempt() -> ManagedPat:
             pat = self.get(pat_id)
             if pat.status in (PatStatus.REVOKED, PatStatus.REVOKING) and pat.secret is None:
                 return pat
@@ -265,13 +266,9 @@ class ManagedPats:
             pat.status = PatStatus.REVOKING
             pat.rotation_id = pat.rotation_step = None
             pat.updated_at = self._clock.now()
-            try:
-                self._store.save(pat)
-                return pat
-            except ConcurrencyConflict:
-                if attempt == 9:
-                    raise
-        raise ConcurrencyConflict(f"the managed PAT '{pat_id}' kept changing")
+            return self._store.save(pat)
+
+        return on_conflict(attempt, what=f"the managed PAT '{pat_id}'")
 
     def revoke_upstream(
         self, pat_id: str, *, actor: str, bearer: str | None = None
@@ -293,21 +290,21 @@ class ManagedPats:
                         if api.revoke(bearer, pat.organization, authorization_id)
                         else "already_gone"
                     )
-                except (ProviderError, KeystewardError) as exc:
+                except KeystewardError as exc:
                     outcomes[authorization_id] = f"revoke_failed: {exc.error}"
                     failed = True
         except KeystewardError as exc:  # no usable token for the user any more
             outcomes = dict.fromkeys(ids, f"revoke_failed: {exc.error}")
             failed = True
-        for _ in range(5):
-            pat = self.get(pat_id)
-            pat.status = PatStatus.REVOKE_FAILED if failed else PatStatus.REVOKED
-            pat.last_error = json.dumps(outcomes) if failed else None
-            try:
-                self._store.save(pat)
-                break
-            except ConcurrencyConflict:
-                continue
+
+        def record() -> ManagedPat:
+            latest = self.get(pat_id)
+            latest.status = PatStatus.REVOKE_FAILED if failed else PatStatus.REVOKED
+            latest.last_error = json.dumps(outcomes) if failed else None
+            return self._store.save(latest)
+
+        # Stored first: the event and the audit row only ever report a status that was saved.
+        pat = on_conflict(record, what=f"the managed PAT '{pat_id}'")
         data = {"type": "managed_pat", "id": pat_id, "app": pat.app, "user_id": pat.user_id,
                 "outcomes": outcomes}  # fmt: skip
         self._events.publish(CREDENTIAL_REVOKED, f"pat:{pat_id}", data)
