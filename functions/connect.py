@@ -12,8 +12,7 @@ from functions._blueprint import blueprint
 from functions._http import endpoint, json_response, read_json
 from functions._pages import page, redirect
 from shared.access.api_keys import Principal
-from shared.foundation.errors import InputError, KeystewardError
-from shared.lifecycle.connect_flow import CallbackFailed
+from shared.foundation.errors import CallbackFailed, InputError, KeystewardError
 from shared.lifecycle.user_ids import check_user_id
 from shared.runtime import get_runtime
 

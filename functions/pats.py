@@ -11,7 +11,7 @@ from functions._auth import authorized
 from functions._blueprint import blueprint
 from functions._http import endpoint, json_response, read_json
 from shared.access.api_keys import Principal
-from shared.lifecycle.pat_records import ROTATION_QUEUE
+from shared.lifecycle.pats.rotation import ROTATION_QUEUE
 from shared.runtime import get_runtime
 from shared.storage.tables.pats import ManagedPat
 
@@ -74,7 +74,8 @@ def extend_pat(req: func.HttpRequest, principal: Principal) -> func.HttpResponse
 @authorized(MANAGE)
 def revoke_pat(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
     pat = _pat(req, principal, MANAGE)
-    return json_response(get_runtime().managed_pats.revoke(pat.id, actor=principal.actor))
+    revoked = get_runtime().pat_revocation.revoke(pat.id, actor=principal.actor)
+    return json_response(revoked.public())
 
 
 @bp.route(route="pats/{id}/rotate", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -82,8 +83,8 @@ def revoke_pat(req: func.HttpRequest, principal: Principal) -> func.HttpResponse
 @authorized(MANAGE)
 def rotate_pat(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
     pat = _pat(req, principal, MANAGE)
-    pat, started = get_runtime().managed_pats.start_rotation(pat.id, actor=principal.actor,
-                                                             reason="requested")  # fmt: skip
+    pat, started = get_runtime().pat_rotations.start(pat.id, actor=principal.actor,
+                                                     reason="requested")  # fmt: skip
     return json_response({"id": pat.id, "rotation_id": pat.rotation_id, "step": pat.rotation_step,
                           "started": started}, status=202)  # fmt: skip
 
@@ -104,8 +105,8 @@ def rotate_pat_step(msg: func.QueueMessage) -> None:
     except (ValueError, KeyError, TypeError):
         log.error("rotation-requests: malformed message %s dropped", msg.id)
         return
-    service = get_runtime().managed_pats
-    wait = service.rotate(pat_id, rotation_id)
+    service = get_runtime().pat_rotations
+    wait = service.run(pat_id, rotation_id)
     if wait is not None:
         # The next step later (grace period, back-off): a delayed message survives restarts.
         service.enqueue(pat_id, rotation_id, delay=max(wait, 1))

@@ -74,7 +74,7 @@ def list_revocation_failures(req: func.HttpRequest, principal: Principal) -> fun
     ] + [
         {"type": "managed_pat", "credential": f"pat:{p.id}", "state": p.status.value,
          "app": p.app, "user_id": p.user_id, "last_error": p.last_error}
-        for p in runtime.managed_pats.failed()
+        for p in runtime.pat_revocation.unfinished(runtime.clock.now())
         if principal.covers(p.app, p.user_id)
     ]  # fmt: skip
     return json_response({"failures": failures})

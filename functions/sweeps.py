@@ -1,6 +1,6 @@
 """The nightly sweep (KEYSTEWARD_EXPIRY_SWEEP_SCHEDULE): expiry warnings, then another try at
-upstream revocations that kept failing, then the repair of managed PATs; each runs even when an
-earlier one failed."""
+upstream revocations that kept failing (connections and managed PATs), then the clean-up of PAT
+creations that never finished; each runs even when an earlier one failed."""
 
 from __future__ import annotations
 
@@ -26,7 +26,10 @@ def expiry_sweep(timer: func.TimerRequest) -> None:
         [
             ("expiry warnings", lambda: runtime.expiry_sweep().run()),
             ("revocation retries", runtime.revoker.retry_failures),
-            ("managed PAT repair", lambda: runtime.managed_pats.repair(runtime.clock.now())),
+            (
+                "unfinished PAT creations",
+                lambda: runtime.managed_pats.clean_up_creations(runtime.clock.now()),
+            ),
         ]
     )
     log.info("nightly sweep: %s", report.results)

@@ -8,8 +8,8 @@ from functions._auth import authorized
 from functions._blueprint import blueprint
 from functions._http import endpoint, error_response, json_response
 from shared.access.api_keys import Principal
-from shared.foundation.errors import InputError
-from shared.lifecycle.access_tokens import MAX_MIN_TTL, RefreshUnavailable
+from shared.foundation.errors import InputError, RefreshUnavailable
+from shared.lifecycle.access_tokens import MAX_MIN_TTL
 from shared.runtime import get_runtime
 
 bp = blueprint()

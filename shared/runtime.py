@@ -23,7 +23,9 @@ from shared.foundation.errors import StoreError
 from shared.lifecycle.access_tokens import Tokens
 from shared.lifecycle.connect_flow import Connect
 from shared.lifecycle.expiry_warnings import ExpirySweep
-from shared.lifecycle.pat_records import ManagedPats
+from shared.lifecycle.pats.records import ManagedPats
+from shared.lifecycle.pats.revocation import PatRevocation
+from shared.lifecycle.pats.rotation import Rotations
 from shared.lifecycle.refresh_sweep import RefreshSweep
 from shared.lifecycle.revocation_requests import Revoker
 from shared.providers.drivers import Drivers
@@ -59,6 +61,8 @@ class Runtime:
     schedule: Schedule
     revoker: Revoker
     managed_pats: ManagedPats
+    pat_rotations: Rotations
+    pat_revocation: PatRevocation
 
     def refresh_sweep(self) -> RefreshSweep:
         return RefreshSweep(self.schedule, self.connections, self.clock)
@@ -66,7 +70,8 @@ class Runtime:
     def expiry_sweep(self) -> ExpirySweep:
         return ExpirySweep(
             self.store, self.api_keys, self.audit, self.events, self.clock,
-            pats=self.managed_pats, apps=self.apps, connections=self.connections,
+            pats=self.managed_pats, rotations=self.pat_rotations, apps=self.apps,
+            connections=self.connections,
         )  # fmt: skip
 
     def storage_reachable(self) -> bool:
@@ -129,11 +134,10 @@ class Runtime:
             apps=apps,
             session=http,
             audit=audit,
-            events=events,
-            queues=queues,
             clock=clock,
-            grace=timedelta(minutes=settings.rotation_grace_minutes),
-            fault=settings.test_fault,
+        )
+        pat_revocation = PatRevocation(
+            records=managed_pats, store=store, audit=audit, events=events, clock=clock
         )
         return cls(
             settings=settings,
@@ -166,6 +170,7 @@ class Runtime:
             schedule=schedule,
             revoker=Revoker(
                 pats=managed_pats,
+                pat_revocation=pat_revocation,
                 queues=queues,
                 store=store,
                 connections=connections,
@@ -179,6 +184,16 @@ class Runtime:
                 provider_timeout=settings.provider_timeout_seconds,
             ),
             managed_pats=managed_pats,
+            pat_rotations=Rotations(
+                records=managed_pats,
+                store=store,
+                audit=audit,
+                events=events,
+                queues=queues,
+                clock=clock,
+                grace=timedelta(minutes=settings.rotation_grace_minutes),
+            ),
+            pat_revocation=pat_revocation,
         )
 
 

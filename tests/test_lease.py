@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from shared.foundation.clock import FixedClock, SystemClock
-from shared.foundation.errors import NotFound
-from shared.storage.lease import LeaseLost, Leases, holder, released
+from shared.foundation.errors import LeaseLost, NotFound
+from shared.storage.lease import Leases, holder, released
 from shared.storage.store import Row, Store
 from tests.peers.processes import ROOT, spawn
 
@@ -41,25 +41,45 @@ def test_racing_threads_exactly_one_acquires(store: Store) -> None:
     assert holder(row, datetime.now(UTC)) == winners[0]
 
 
-def test_racing_threads_create_a_missing_row_once(store: Store) -> None:
-    leases = Leases(store, SystemClock())
-    barrier = threading.Barrier(8)
-    winners: list[str] = []
+def test_renew_merges_its_extra_fields_in_the_same_conditional_write(store: Store) -> None:
+    clock = FixedClock(datetime(2026, 11, 22, tzinfo=UTC))
+    leases = Leases(store, clock)
+    store.insert("Guarded", Row("conn", "erin", {"token": "old"}))
+    lease = leases.acquire("Guarded", "conn", "erin", owner="me", ttl=TTL)
+    assert lease is not None
+    renewed = leases.renew(lease, TTL, also={"started": True})
+    row = store.get("Guarded", "conn", "erin")
+    assert row is not None
+    assert row.data["started"] is True
+    assert row.data["token"] == "old"
+    assert holder(row, clock.now()) == "me"
+    with pytest.raises(LeaseLost):
+        leases.renew(lease, TTL)  # the first ETag is spent: only the renewed lease renews again
+    assert leases.release(renewed) is True
 
-    def race(owner: str) -> None:
-        barrier.wait()
-        if leases.acquire("Locks", "job", "nightly", owner=owner, ttl=TTL, create=True):
-            winners.append(owner)
 
-    threads = [threading.Thread(target=race, args=(f"t{i}",)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(winners) == 1
+def test_release_held_lets_go_after_the_holder_wrote_the_row_but_never_anothers(
+    store: Store,
+) -> None:
+    clock = FixedClock(datetime(2026, 11, 22, tzinfo=UTC))
+    leases = Leases(store, clock)
+    store.insert("Guarded", Row("conn", "fay", {}))
+    lease = leases.acquire("Guarded", "conn", "fay", owner="me", ttl=TTL)
+    assert lease is not None
+    store.update("Guarded", Row("conn", "fay", {"step": 2}), etag=lease.etag, merge=True)
+    assert leases.release(lease) is False  # its ETag is stale now
+    assert leases.release_held("Guarded", "conn", "fay", "someone-else") is False
+    row = store.get("Guarded", "conn", "fay")
+    assert row is not None
+    assert holder(row, clock.now()) == "me"
+    assert leases.release_held("Guarded", "conn", "fay", "me") is True
+    row = store.get("Guarded", "conn", "fay")
+    assert row is not None
+    assert holder(row, clock.now()) is None
+    assert row.data["step"] == 2
 
 
-def test_a_missing_row_is_not_found_without_create(store: Store) -> None:
+def test_a_missing_row_is_not_found(store: Store) -> None:
     with pytest.raises(NotFound):
         Leases(store, SystemClock()).acquire("Locks", "x", "y", owner="o", ttl=TTL)
 
@@ -127,8 +147,12 @@ store = Store(table_service(StorageSettings(connection_string=conn)))
 leases = Leases(store, SystemClock())
 spans = []
 for _ in range(rounds):
-    lease = leases.wait("Locks", "shared", "counter", owner=name, ttl=timedelta(seconds=10),
-                        timeout=60, create=True)
+    deadline = time.monotonic() + 60
+    lease = None
+    while lease is None and time.monotonic() < deadline:
+        lease = leases.acquire("Locks", "shared", "counter", owner=name, ttl=timedelta(seconds=10))
+        if lease is None:
+            time.sleep(0.005)  # back off while the other process holds it
     assert lease is not None
     start = time.time()
     row = store.get("Counter", "c", "c")
@@ -145,6 +169,7 @@ def test_two_processes_never_hold_the_lease_at_once(
     store: Store, storage_settings, tmp_path: Path
 ) -> None:
     rounds = 15
+    store.insert("Locks", Row("shared", "counter", {}))
     outputs = [tmp_path / "a.json", tmp_path / "b.json"]
     command = [sys.executable, "-c", WORKER, storage_settings.connection_string]
     procs = [

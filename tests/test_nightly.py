@@ -6,7 +6,8 @@ import logging
 
 import pytest
 
-from shared.lifecycle.nightly import NightlyFailed, run_nightly
+from shared.foundation.errors import NightlyFailed
+from shared.lifecycle.nightly import run_nightly
 
 
 def test_a_failing_part_does_not_skip_the_others(caplog: pytest.LogCaptureFixture) -> None:

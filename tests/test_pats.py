@@ -13,11 +13,11 @@ import pytest
 import requests
 from azure.storage.queue import QueueServiceClient
 
-from shared.foundation.errors import KeystewardError
-from shared.lifecycle.pat_records import ROTATION_QUEUE
-from shared.providers.pat_api import ALL_ERRORS, PatApi, PatError
+from shared.foundation.errors import KeystewardError, PatError
+from shared.lifecycle.pats.rotation import ROTATION_QUEUE
+from shared.providers.pat_api import ALL_ERRORS, PatApi
 from shared.storage.clients import encode_message
-from shared.storage.tables.pats import ManagedPat
+from shared.storage.tables.pats import ManagedPat, RotationStep
 from tests.fakes.ado_pats import PAT_TOKEN_ERRORS
 from tests.peers.processes import ROOT, spawn, wait_until
 from tests.peers.world import World
@@ -193,10 +193,10 @@ import os, sys, time
 from shared.runtime import Runtime
 from shared.config.settings import Settings
 runtime = Runtime.build(Settings.from_env(os.environ))
-wait = runtime.managed_pats.rotate(sys.argv[1], sys.argv[2])
+wait = runtime.pat_rotations.run(sys.argv[1], sys.argv[2])
 while wait is not None:  # what the queue's delayed redelivery does, in one process
     time.sleep(wait)
-    wait = runtime.managed_pats.rotate(sys.argv[1], sys.argv[2])
+    wait = runtime.pat_rotations.run(sys.argv[1], sys.argv[2])
 """
 
 BOUNDARIES = ["before-create", "created", "after-create", "after-test", "promoted",
@@ -214,7 +214,7 @@ def test_a_rotation_killed_at_each_step_boundary_completes(
     # code, in a process we can kill) is the only one to run it.
     row = stored(world, pat["id"])
     rotation = "rot-crash-" + boundary
-    row.rotation_id, row.rotation_step = rotation, "create"
+    row.rotation_id, row.rotation_step = rotation, RotationStep.CREATE
     row.rotation_started_at = datetime.now(UTC)
     world.store.save(row)
     env = {**world.env, "KEYSTEWARD_TEST_FAULT": boundary}

@@ -17,6 +17,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient, QueueMessage, QueueServiceClient
 
 from shared.foundation.clock import Clock, FixedClock, SystemClock
+from shared.foundation.errors import WebhookVerificationError
 from shared.trail import events
 from shared.trail.events import WEBHOOK_QUEUE, EventPublisher
 from shared.trail.webhooks import (
@@ -27,7 +28,6 @@ from shared.trail.webhooks import (
     POISON_QUEUE,
     RETRY_SCHEDULED,
     WebhookSender,
-    WebhookVerificationError,
     sign,
     verify,
 )

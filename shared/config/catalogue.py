@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 import yaml
 
@@ -14,8 +14,9 @@ from shared.foundation.errors import SettingsError
 CATALOGUE = Path(__file__).with_name("providers.yaml")
 DRIVERS = ("oauth2", "azure-devops-oauth", "msal")
 SCOPE_CHECKS = ("strict", "off")
-REVOCATION = ("rfc7009", "rfc7009-if-advertised", "optional", "none")
 Revocation = Literal["rfc7009", "rfc7009-if-advertised", "optional", "none"]
+REVOCATION: tuple[Revocation, ...] = ("rfc7009", "rfc7009-if-advertised", "optional", "none")
+ClientAuth = Literal["client_secret_basic", "client_secret_post"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class Provider:
     display_name: str
     driver: str
     pkce: bool
-    client_auth: Literal["client_secret_basic", "client_secret_post"]
+    client_auth: ClientAuth
     scope_separator: str
     refresh_rotates: str
     revocation: Revocation
@@ -48,70 +49,75 @@ def parse(data: Any, source: str = "providers.yaml") -> dict[str, Provider]:
     return providers
 
 
+_KNOWN = {
+    "display_name", "driver", "discovery", "pkce", "client_auth", "scope_separator",
+    "refresh_rotates", "revocation", "scope_check", "implicit_scopes", "refresh_margin",
+    "keepalive_days", "authority", "authorize_url", "token_url", "revoke_url",
+}  # fmt: skip
+_PKCE = ("S256", "none")
+S = TypeVar("S", bound=str)
+_CLIENT_AUTH: tuple[ClientAuth, ...] = ("client_secret_basic", "client_secret_post")
+
+
+class _Spec:
+    """One provider's entry, read field by field with the error naming the provider and field."""
+
+    def __init__(self, spec: dict[str, Any], where: str) -> None:
+        self._spec = spec
+        self.where = where
+
+    def field(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        if key not in self._spec:
+            if default is ...:
+                raise SettingsError(f"{self.where}: '{key}' is required")
+            return default
+        value = self._spec[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+            raise SettingsError(f"{self.where}: '{key}' has the wrong type")
+        return value
+
+    def one_of(self, key: str, allowed: tuple[S, ...], default: Any = ..., hint: str = "") -> S:
+        value = self.field(key, str, default)
+        if value not in allowed:
+            # A typo must never fall back to a default (an unknown scope_check is not "off").
+            choices = hint or f"one of {', '.join(allowed)}"
+            raise SettingsError(f"{self.where}: {key} must be {choices}")
+        return cast(S, value)
+
+
 def _provider(name: str, spec: Any, source: str) -> Provider:
     where = f"{source}: provider '{name}'"
     if not isinstance(spec, dict):
         raise SettingsError(f"{where}: expected a mapping")
-
-    def field(key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
-        if key not in spec:
-            if default is ...:
-                raise SettingsError(f"{where}: '{key}' is required")
-            return default
-        value = spec[key]
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-            raise SettingsError(f"{where}: '{key}' has the wrong type")
-        return value
-
-    known = {
-        "display_name", "driver", "discovery", "pkce", "client_auth", "scope_separator",
-        "refresh_rotates", "revocation", "scope_check", "implicit_scopes", "refresh_margin",
-        "keepalive_days", "authority", "authorize_url", "token_url", "revoke_url",
-    }  # fmt: skip
-    unknown = set(spec) - known
+    unknown = set(spec) - _KNOWN
     if unknown:
         raise SettingsError(f"{where}: unknown field(s) {sorted(unknown)}")
-    driver = field("driver", str)
-    if driver not in DRIVERS:
-        raise SettingsError(f"{where}: driver must be one of {', '.join(DRIVERS)}")
-    pkce = field("pkce", str)
-    if pkce not in ("S256", "none"):
-        raise SettingsError(f"{where}: pkce must be S256 or none (plain is never used)")
-    client_auth = field("client_auth", str)
-    if client_auth not in ("client_secret_basic", "client_secret_post"):
-        raise SettingsError(f"{where}: client_auth must be client_secret_basic or _post")
-    revocation = field("revocation", str)
-    if revocation not in REVOCATION:
-        raise SettingsError(f"{where}: revocation must be one of {', '.join(REVOCATION)}")
-    scope_check = field("scope_check", str, "strict")
-    if scope_check not in SCOPE_CHECKS:
-        # A typo must not turn the check off.
-        raise SettingsError(f"{where}: scope_check must be one of {', '.join(SCOPE_CHECKS)}")
-    margin = field("refresh_margin", int)
+    f = _Spec(spec, where)
+    driver = f.one_of("driver", DRIVERS)
+    margin = f.field("refresh_margin", int)
     if margin < 0:
         raise SettingsError(f"{where}: refresh_margin must not be negative")
-    keepalive = field("keepalive_days", (int, type(None)), None)
-    discovery = field("discovery", bool, False)
+    discovery = f.field("discovery", bool, False)
     if driver == "oauth2" and not discovery and not spec.get("token_url"):
         raise SettingsError(f"{where}: an oauth2 provider needs discovery or a token_url")
     return Provider(
         name=name,
-        display_name=field("display_name", str),
+        display_name=f.field("display_name", str),
         driver=driver,
-        pkce=pkce == "S256",
-        client_auth=client_auth,
-        scope_separator=field("scope_separator", str),
-        refresh_rotates=field("refresh_rotates", str),
-        revocation=revocation,
-        scope_check=scope_check == "strict",
-        implicit_scopes=tuple(field("implicit_scopes", list, [])),
+        pkce=f.one_of("pkce", _PKCE, hint="S256 or none (plain is never used)") == "S256",
+        client_auth=f.one_of("client_auth", _CLIENT_AUTH, hint="client_secret_basic or _post"),
+        scope_separator=f.field("scope_separator", str),
+        refresh_rotates=f.field("refresh_rotates", str),
+        revocation=f.one_of("revocation", REVOCATION),
+        scope_check=f.one_of("scope_check", SCOPE_CHECKS, "strict") == "strict",
+        implicit_scopes=tuple(f.field("implicit_scopes", list, [])),
         refresh_margin=margin,
-        keepalive_days=keepalive,
+        keepalive_days=f.field("keepalive_days", (int, type(None)), None),
         discovery=discovery,
-        authority=field("authority", str, None),
-        authorize_url=field("authorize_url", str, None),
-        token_url=field("token_url", str, None),
-        revoke_url=field("revoke_url", str, None),
+        authority=f.field("authority", str, None),
+        authorize_url=f.field("authorize_url", str, None),
+        token_url=f.field("token_url", str, None),
+        revoke_url=f.field("revoke_url", str, None),
     )
 
 

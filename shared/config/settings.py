@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from croniter import croniter
 
+from shared.foundation import crashpoints
 from shared.foundation.errors import SettingsError
 
 STORAGE = "AzureWebJobsStorage"
@@ -36,8 +37,8 @@ LOG_LEVEL = "KEYSTEWARD_LOG_LEVEL"
 REFRESH_LEASE_SECONDS = "KEYSTEWARD_REFRESH_LEASE_SECONDS"
 PROVIDER_TIMEOUT_SECONDS = "KEYSTEWARD_PROVIDER_TIMEOUT_SECONDS"
 ROTATION_GRACE_MINUTES = "KEYSTEWARD_ROTATION_GRACE_MINUTES"
-# Test only: kill the process at a named point of a PAT rotation (crash tests). Never set in Azure.
-TEST_FAULT = "KEYSTEWARD_TEST_FAULT"
+# Test only: kill the process at a named point (shared.foundation.crashpoints). Never set in Azure.
+TEST_FAULT = crashpoints.SETTING
 WEBSITE_HOSTNAME = "WEBSITE_HOSTNAME"  # set by Azure App Service / Functions
 
 # Every setting the code reads (the infrastructure test checks the Bicep app settings against it).
@@ -101,7 +102,6 @@ class Settings:
     refresh_lease_seconds: float = 30.0
     provider_timeout_seconds: float = 20.0
     rotation_grace_minutes: float = 60.0
-    test_fault: str | None = None
     # The environment as read at start-up, for the apps file's ${NAME} secret references.
     environment: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -150,7 +150,6 @@ class Settings:
             rotation_grace_minutes=_number(
                 ROTATION_GRACE_MINUTES, get(ROTATION_GRACE_MINUTES), 60.0
             ),
-            test_fault=get(TEST_FAULT),
             environment=dict(env),
         )
 

@@ -1,25 +1,32 @@
 """Keysteward's error tree. Every error carries a stable ``error`` code and an HTTP status.
 
     KeystewardError
-    ├── SettingsError            a setting is missing or malformed (start-up)
-    ├── InputError               400 invalid_request: bad input from a caller
-    │   ├── IdTooLong            an id does not fit in a Table key
-    │   └── PayloadTooLarge      413: a body over the documented limit (64 KiB)
-    ├── Unauthorized             401 unauthorized
-    ├── Forbidden                403 forbidden
-    ├── NotFound                 404 not_found
-    ├── Conflict                 409 conflict
-    ├── Gone                     410 gone: revoked, never served again
-    ├── StoreError               storage said no
-    │   ├── ConcurrencyConflict  a conditional write lost a race (stale ETag)
-    │   ├── AlreadyExists        an insert met an existing row
-    │   ├── Contended            503: a read-modify-write lost every try (``retry_after``)
-    │   └── StorageUnavailable   storage did not answer
+    ├── SettingsError             a setting is missing or malformed (start-up)
+    ├── InputError                400 invalid_request: bad input from a caller
+    │   ├── IdTooLong             an id does not fit in a Table key
+    │   └── PayloadTooLarge       413: a body over the documented limit (64 KiB)
+    ├── Unauthorized              401 unauthorized
+    ├── WebhookVerificationError  401 invalid_webhook_signature: a delivery's signature is wrong
+    ├── Forbidden                 403 forbidden
+    ├── NotFound                  404 not_found
+    ├── Conflict                  409 conflict
+    ├── Gone                      410 gone: revoked, never served again
+    ├── CallbackFailed            a connect step failed: its own status and code, for the browser
+    ├── RefreshUnavailable        503: no token fresh enough can be had now (``retry_after``)
+    ├── NightlyFailed             a part of the nightly run failed (after every part had its turn)
+    ├── StoreError                storage said no
+    │   ├── ConcurrencyConflict   a conditional write lost a race (stale ETag)
+    │   ├── AlreadyExists         an insert met an existing row
+    │   ├── LeaseLost             409: the lease was taken over, or its row changed
+    │   ├── Contended             503 busy: a read-modify-write lost every try (``retry_after``)
+    │   └── StorageUnavailable    storage did not answer
     ├── CryptoError
-    │   └── DecryptionError      503: unknown kid, wrong key, or a ciphertext moved to another row
-    └── ProviderError            502: a provider answered with an OAuth error (``oauth_error``)
-        ├── GrantInvalid         424: the grant is dead (invalid_grant and kin): consent again
-        └── ProviderUnavailable  503: network error, timeout, 5xx, 429 (``retry_after``)
+    │   └── DecryptionError       503: unknown kid, wrong key, or a ciphertext moved to another row
+    ├── PatError                  Azure DevOps refused a PAT operation (``pat_error``, own status)
+    └── ProviderError             502: a provider answered with an OAuth error (``oauth_error``)
+        ├── GrantInvalid          424 needs_reauth: the grant is dead (invalid_grant and kin, or a
+        │                         connection already marked so): the user must connect again
+        └── ProviderUnavailable   503: network error, timeout, 5xx, 429 (``retry_after``)
 
 Messages are written for humans and never contain secret values.
 """
@@ -79,6 +86,38 @@ class Gone(KeystewardError):
     status = 410
 
 
+class WebhookVerificationError(KeystewardError):
+    error = "invalid_webhook_signature"
+    status = 401
+
+
+class CallbackFailed(KeystewardError):
+    """A connect step failed; ``status`` and ``message`` are for the user's browser."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+
+
+class RefreshUnavailable(KeystewardError):
+    """No token that lives long enough can be had now (the provider is failing and backing off,
+    or a refresh in flight takes too long): try again after ``retry_after`` seconds."""
+
+    error = "refresh_unavailable"
+    status = 503
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, round(retry_after))
+
+
+class NightlyFailed(KeystewardError):
+    """At least one part of the nightly run failed; the timer run shows as failed."""
+
+    error = "nightly_failed"
+
+
 class StoreError(KeystewardError):
     error = "storage_error"
     status = 503
@@ -91,6 +130,11 @@ class ConcurrencyConflict(StoreError):
 
 class AlreadyExists(StoreError):
     error = "already_exists"
+    status = 409
+
+
+class LeaseLost(StoreError):
+    error = "lease_lost"
     status = 409
 
 
@@ -120,6 +164,17 @@ class DecryptionError(CryptoError):
     status = 503
 
 
+class PatError(KeystewardError):
+    """Azure DevOps refused a PAT operation; ``pat_error`` is its ``patTokenError`` value."""
+
+    error = "pat_error"
+
+    def __init__(self, pat_error: str, status: int, message: str) -> None:
+        super().__init__(message)
+        self.pat_error = pat_error
+        self.status = status
+
+
 class ProviderError(KeystewardError):
     """A provider refused; ``oauth_error`` is its RFC 6749 error code (or the nearest we know)."""
 
@@ -135,6 +190,9 @@ class ProviderError(KeystewardError):
 
 
 class GrantInvalid(ProviderError):
+    """The grant is dead: the provider refused it (``invalid_grant`` and kin), or the connection
+    is already marked ``needs_reauth``. Only the user connecting again brings it back."""
+
     error = "needs_reauth"
     status = 424
 

@@ -34,17 +34,18 @@ from shared.foundation.errors import (
     Gone,
     GrantInvalid,
     InputError,
-    KeystewardError,
+    LeaseLost,
     NotFound,
     ProviderError,
     ProviderUnavailable,
+    RefreshUnavailable,
     StorageUnavailable,
     StoreError,
 )
 from shared.lifecycle.grants import grant_of, take_grant
 from shared.providers.drivers import Drivers
-from shared.storage.lease import EXPIRES, OWNER, Lease, Leases
-from shared.storage.store import Row, Store
+from shared.storage.lease import Lease, Leases, clear
+from shared.storage.store import Store
 from shared.storage.tables.connections import Connection, ConnectionStore, Status
 from shared.storage.tables.schedule import Schedule
 from shared.trail.audit import AuditLog
@@ -61,20 +62,6 @@ STORE_PATIENCE = 120.0
 STORE_RETRY = 0.5
 # How long a taker-over waits for a predecessor that may still be storing a rotated token.
 TAKEOVER_GRACE = 1.5
-
-
-class NeedsReauth(KeystewardError):
-    error = "needs_reauth"
-    status = 424
-
-
-class RefreshUnavailable(KeystewardError):
-    error = "refresh_unavailable"
-    status = 503
-
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = max(1, round(retry_after))
 
 
 @dataclass(frozen=True)
@@ -210,7 +197,7 @@ class Tokens:
         force = bool(keepalive) and now >= last + timedelta(days=keepalive or 0) * 2 / 3
         try:
             self._refresh(app, connection, ttl, now, force=force)
-        except (NeedsReauth, RefreshUnavailable) as exc:
+        except (GrantInvalid, RefreshUnavailable) as exc:
             return exc.error
         return "refreshed"
 
@@ -278,14 +265,11 @@ class Tokens:
         now = self._clock.now()
         # Renew the lease as the call starts, so it covers the call and the write after it, and
         # mark that a refresh token is being spent (a taker-over then knows to wait a moment).
-        marked = Row(app.id, connection.user_id, {
-            OWNER: lease.owner, EXPIRES: now + self._lease_ttl, "refresh_started_at": now,
-        })  # fmt: skip
         try:
-            written = self._store.update(Connection.TABLE, marked, etag=lease.etag, merge=True)
-        except ConcurrencyConflict:
+            renewed = self._leases.renew(lease, self._lease_ttl, also={"refresh_started_at": now})
+        except LeaseLost:
             return None
-        connection.etag = written.etag
+        connection.etag = renewed.etag
         connection.refresh_started_at = now
         grant = grant_of(connection)
         try:
@@ -294,9 +278,10 @@ class Tokens:
             latest = self._needs_reauth(app, connection, exc)
             if latest is not None:
                 return _token(latest)  # someone stored a newer grant: the one we used was stale
-            raise NeedsReauth(
+            raise GrantInvalid(
                 f"the grant for '{connection.resource}' is no longer valid "
-                f"({exc.oauth_error}): the user must connect again"
+                f"({exc.oauth_error}): the user must connect again",
+                oauth_error=exc.oauth_error,
             ) from None
         except ProviderError as exc:
             retry_in = self._failed(app, connection, exc)
@@ -351,8 +336,7 @@ class Tokens:
             if connection.status == Status.ACTIVE
             else None
         )
-        connection.lease_owner = None
-        connection.lease_expires_at = None
+        clear(connection)
         connection.refresh_started_at = None
         connection.updated_at = now
         self._connections.save(connection)
@@ -360,8 +344,7 @@ class Tokens:
             self._schedule.drop(old_bucket, app.id, connection.user_id)
 
     def _release(self, connection: Connection) -> None:
-        connection.lease_owner = None
-        connection.lease_expires_at = None
+        clear(connection)
         with contextlib.suppress(ConcurrencyConflict):  # lost it anyway: it expires by itself
             self._connections.save(connection)
 
@@ -446,8 +429,9 @@ class Tokens:
         if connection.status == Status.REVOKED:
             raise Gone(f"the connection '{connection.resource}' was revoked")
         if connection.status == Status.NEEDS_REAUTH:
-            raise NeedsReauth(
-                f"the connection '{connection.resource}' needs the user to connect again"
+            raise GrantInvalid(
+                f"the connection '{connection.resource}' needs the user to connect again",
+                oauth_error=connection.last_error or "invalid_grant",
             )
 
     def _app(self, app_id: str) -> App:

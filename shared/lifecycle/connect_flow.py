@@ -26,9 +26,9 @@ from shared.config.apps import App, Apps
 from shared.foundation.clock import Clock
 from shared.foundation.errors import (
     AlreadyExists,
+    CallbackFailed,
     ConcurrencyConflict,
     InputError,
-    KeystewardError,
     NotFound,
     ProviderError,
 )
@@ -48,15 +48,6 @@ from shared.trail.events import CONNECTION_CREATED, CONNECTION_RECOVERED, EventP
 LINK_TTL = timedelta(minutes=10)
 STATE_TTL = timedelta(minutes=10)
 _CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-class CallbackFailed(KeystewardError):
-    """A connect step failed; ``status`` and ``message`` are for the user's browser."""
-
-    def __init__(self, status: int, error: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from shared.access.api_keys import ApiKeys
 from shared.config.apps import Apps
 from shared.foundation.clock import Clock
 from shared.foundation.errors import AlreadyExists, ConcurrencyConflict, KeystewardError
-from shared.lifecycle.pat_records import ManagedPats
+from shared.lifecycle.pats.records import ManagedPats
+from shared.lifecycle.pats.rotation import Rotations
 from shared.storage.store import Store
 from shared.storage.tables.api_keys import ApiKey
 from shared.storage.tables.connections import ConnectionStore, Status
@@ -59,6 +60,7 @@ class ExpirySweep:
         clock: Clock,
         *,
         pats: ManagedPats | None = None,
+        rotations: Rotations | None = None,
         apps: Apps | None = None,
         connections: ConnectionStore | None = None,
     ) -> None:
@@ -68,6 +70,7 @@ class ExpirySweep:
         self._events = events
         self._clock = clock
         self._pats = pats
+        self._rotations = rotations
         self._apps = apps
         self._connections = connections
 
@@ -78,7 +81,7 @@ class ExpirySweep:
             report.checked += 1
             if self._warn_key(key, now):
                 report.warned.append(f"key:{key.id}")
-        if self._pats is not None:
+        if self._pats is not None and self._rotations is not None:
             self._managed_pats(now, report)
         if self._apps is not None:
             self._app_secrets(now, report)
@@ -88,6 +91,7 @@ class ExpirySweep:
 
     def _managed_pats(self, now: datetime, report: SweepReport) -> None:
         assert self._pats is not None
+        assert self._rotations is not None
         for pat in self._pats.all():
             if pat.status != PatStatus.ACTIVE or pat.valid_to is None:
                 continue
@@ -96,7 +100,7 @@ class ExpirySweep:
             if pat.auto_rotate:
                 if now >= due and not pat.rotation_id:
                     try:
-                        self._pats.start_rotation(pat.id, actor=ACTOR, reason="expiring")
+                        self._rotations.start(pat.id, actor=ACTOR, reason="expiring")
                         report.rotations.append(f"pat:{pat.id}")
                     except KeystewardError as exc:
                         report.errors.append(f"pat:{pat.id}: {exc.error}")

@@ -8,11 +8,9 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from shared.foundation.errors import NightlyFailed
+
 log = logging.getLogger("keysteward.nightly")
-
-
-class NightlyFailed(Exception):
-    """At least one part failed (after every part had its turn); the timer run shows as failed."""
 
 
 @dataclass

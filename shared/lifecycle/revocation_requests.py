@@ -48,14 +48,16 @@ from shared.foundation.errors import (
 from shared.foundation.redaction import looks_secret
 from shared.foundation.secret import Secret
 from shared.lifecycle.grants import grant_of
-from shared.lifecycle.pat_records import ManagedPats
+from shared.lifecycle.pats.records import ManagedPats
+from shared.lifecycle.pats.revocation import PatRevocation
 from shared.providers.drivers import Drivers
 from shared.providers.oauth import Grant
 from shared.storage.clients import send
-from shared.storage.lease import Leases
+from shared.storage.lease import Leases, clear
 from shared.storage.store import Store
 from shared.storage.tablekeys import encode_key
 from shared.storage.tables.connections import Connection, ConnectionStore, Status
+from shared.storage.tables.pats import PatStatus
 from shared.storage.tables.revocations import (
     Local,
     Outcome,
@@ -155,6 +157,7 @@ class Revoker:
         public_url: str,
         queues: QueueServiceClient,
         pats: ManagedPats | None = None,
+        pat_revocation: PatRevocation | None = None,
         provider_timeout: float = 20.0,
         concurrency: int = CONCURRENCY,
     ) -> None:
@@ -172,6 +175,7 @@ class Revoker:
         self._leases = Leases(store, clock)
         self._public_url = public_url.rstrip("/")
         self._pats = pats
+        self._pat_revocation = pat_revocation if pats is not None else None
         self._queues = queues
         self._concurrency = concurrency
 
@@ -305,14 +309,14 @@ class Revoker:
                 return _Local(app, user, None, done=[done])  # finished before a redelivery
         pats = [
             p.id for p in (self._pats.of_connection(app, user) if self._pats else [])
-            if p.status != "revoked"
+            if p.status != PatStatus.REVOKED
         ]  # fmt: skip
         # A bearer for Azure DevOps while the grant still lives: taken in memory, used after.
         bearer = self._pats.bearer_or_none(app, user) if pats and self._pats else None
         local = self._destroy_locally(app, user, request_id)
         for pat_id in pats:
-            assert self._pats is not None
-            self._pats.destroy_locally(pat_id)
+            assert self._pat_revocation is not None
+            self._pat_revocation.destroy_locally(pat_id)
         return _Local(app, user, local, bearer=bearer, pats=pats)
 
     def _upstream_phase(self, local: _Local, request_id: str | None) -> list[Outcome]:
@@ -333,14 +337,16 @@ class Revoker:
 
     def _revoke_pat(self, pat_id: str, bearer: str | None, request_id: str | None) -> Outcome:
         assert self._pats is not None
-        result = self._pats.revoke_upstream(pat_id, actor="system:revocation", bearer=bearer)
-        failed = result["status"] != "revoked"
+        assert self._pat_revocation is not None
+        result = self._pat_revocation.revoke_upstream(
+            pat_id, actor="system:revocation", bearer=bearer
+        )
         pat = self._pats.get(pat_id)
         outcome = Outcome(
             request_id=request_id or "direct", kind=f"pat|{pat_id}", credential=f"pat:{pat_id}",
             app=pat.app, user_id=pat.user_id, local=Local.DESTROYED,
-            upstream=REVOKE_FAILED if failed else REVOKED, at=self._clock.now(),
-            error=json.dumps(result["upstream"]) if failed else None, type="managed_pat",
+            upstream=REVOKE_FAILED if result.failed else REVOKED, at=self._clock.now(),
+            error=json.dumps(result.upstream) if result.failed else None, type="managed_pat",
         )  # fmt: skip
         if request_id:
             self._store.save(outcome)
@@ -367,7 +373,7 @@ class Revoker:
             connection.access_token = connection.refresh_token = connection.msal_cache = None
             connection.access_expires_at = None
             old_bucket, connection.schedule_bucket = connection.schedule_bucket, None
-            connection.lease_owner = connection.lease_expires_at = None
+            clear(connection)  # a revoked row holds no lease
             try:
                 self._connections.save(connection)
             except ConcurrencyConflict:
@@ -438,14 +444,14 @@ class Revoker:
             )
             pending.refresh_token = pending.access_token = None
             pending.attempts, pending.last_attempt_at = pending.attempts + 1, now
-            pending.lease_owner = pending.lease_expires_at = None
+            clear(pending)
             self._store.save(pending)
             return result, None
         pending.state = PendingState.REVOKE_FAILED
         pending.attempts += 1
         pending.last_error = error
         pending.last_attempt_at = now
-        pending.lease_owner = pending.lease_expires_at = None
+        clear(pending)
         self._store.save(pending)
         self._audit.record("system:revocation", "credential.revoke_failed", f"{app_id}/{user}",
                            outcome="failure", detail={"error": error})  # fmt: skip
@@ -478,10 +484,14 @@ class Revoker:
         ]  # fmt: skip
 
     def retry_failures(self) -> dict[str, int]:
-        """The nightly sweep's second chance for upstream revocations that kept failing."""
+        """The nightly second chance for upstream revocations that kept failing: managed PATs
+        first (while a grant still gives a bearer for them), then the grants themselves."""
         counts: dict[str, int] = {REVOKED: 0, NOT_SUPPORTED: 0, REVOKE_FAILED: 0}
+        if self._pat_revocation is not None:
+            pats = self._pat_revocation.retry(self._clock.now(), self._bearer_for)
+            counts.update({f"pats_{name}": n for name, n in pats.items()})
         for pending in self.failures():
-            keep = self._retry_pats(pending)
+            keep = self._pats_left(pending.app, pending.user_id)
             pending.state = PendingState.PENDING
             try:
                 self._store.save(pending)
@@ -491,17 +501,25 @@ class Revoker:
             counts[upstream] = counts.get(upstream, 0) + 1
         return counts
 
-    def _retry_pats(self, pending: PendingRevocation) -> bool:
-        """Retry the managed PATs of a revoked connection; True if some are still not revoked."""
-        if self._pats is None:
-            return False
-        failed = [p for p in self._pats.of_connection(pending.app, pending.user_id)
-                  if p.status in ("revoke_failed", "revoking")]  # fmt: skip
-        if not failed:
-            return False
-        bearer = None
-        with contextlib.suppress(KeystewardError):
-            app = self._apps.get(pending.app)
+    def _pats_left(self, app: str, user: str) -> bool:
+        """Whether some managed PAT of the connection is still not revoked upstream."""
+        return self._pats is not None and any(
+            p.status in (PatStatus.REVOKE_FAILED, PatStatus.REVOKING)
+            for p in self._pats.of_connection(app, user)
+        )
+
+    def _bearer_for(self, app_id: str, user: str) -> str | None:
+        """The user's Entra token for the PAT API: from the live connection, else from the grant
+        stashed when the connection was revoked (kept for exactly this)."""
+        assert self._pats is not None
+        connection = self._connections.find(app_id, user)
+        if connection is not None and connection.status == Status.ACTIVE:
+            return self._pats.bearer_or_none(app_id, user)
+        pending = self._store.read(PendingRevocation, app_id, user)
+        if pending is None:
+            return None
+        try:
+            app = self._apps.get(app_id)
             grant = Grant(
                 access_token=None,
                 token_type="Bearer",  # noqa: S106 - a token type
@@ -512,13 +530,13 @@ class Revoker:
                 msal_account=pending.msal_account,
             )
             fresh = self._drivers.for_app(app).refresh(app, grant)
-            bearer = fresh.access_token.reveal() if fresh.access_token else None
-            if fresh.msal_cache is not None:
-                pending.msal_cache = fresh.msal_cache
-        results = [
-            self._pats.revoke(p.id, actor="system:revocation", bearer=bearer) for p in failed
-        ]
-        return any(r["status"] != "revoked" for r in results)
+        except KeystewardError:
+            return None
+        if fresh.msal_cache is not None:
+            pending.msal_cache = fresh.msal_cache  # a rotated refresh token must not be lost
+            with contextlib.suppress(ConcurrencyConflict):
+                self._store.save(pending)
+        return fresh.access_token.reveal() if fresh.access_token else None
 
 
 def _plain(secret: Secret | None) -> Secret | None:

@@ -17,24 +17,13 @@ from typing import Any
 
 import requests
 
-from shared.foundation.errors import KeystewardError, ProviderUnavailable
+from shared.foundation.errors import KeystewardError, PatError, ProviderUnavailable
 from shared.foundation.secret import Secret
 from shared.providers.oauth import retry_after
 
 DEFAULT_API_URL = "https://vssps.dev.azure.com"
 DEFAULT_ORG_URL = "https://dev.azure.com"
 DEFAULT_API_VERSION = "7.1-preview.1"
-
-
-class PatError(KeystewardError):
-    """Azure DevOps refused a PAT operation; ``pat_error`` is its ``patTokenError`` value."""
-
-    error = "pat_error"
-
-    def __init__(self, pat_error: str, status: int, message: str) -> None:
-        super().__init__(message)
-        self.pat_error = pat_error
-        self.status = status
 
 
 # Every SessionTokenError value (7.1 and 7.2) with what it means for a caller, and the status.

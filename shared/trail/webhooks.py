@@ -32,7 +32,7 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient, QueueServiceClient
 
 from shared.foundation.clock import Clock
-from shared.foundation.errors import KeystewardError
+from shared.foundation.errors import WebhookVerificationError
 from shared.foundation.version import VERSION
 from shared.storage.clients import encode_message
 from shared.trail.events import WEBHOOK_QUEUE
@@ -48,11 +48,6 @@ TIMEOUT = (5.0, 10.0)  # connect, read: a slow receiver costs one attempt, not t
 DELIVERED = "delivered"
 RETRY_SCHEDULED = "retry_scheduled"
 DEAD_LETTERED = "dead_lettered"
-
-
-class WebhookVerificationError(KeystewardError):
-    error = "invalid_webhook_signature"
-    status = 401
 
 
 def sign(secret: bytes, msg_id: str, timestamp: int, body: bytes) -> str:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from shared.trail.webhooks import WebhookVerificationError, verify
+from shared.foundation.errors import WebhookVerificationError
+from shared.trail.webhooks import verify
 from tests.peers.processes import free_port
 
 

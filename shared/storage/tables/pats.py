@@ -21,6 +21,15 @@ class PatStatus(enum.StrEnum):
     REVOKE_FAILED = "revoke_failed"
 
 
+class RotationStep(enum.StrEnum):
+    """The staged rotation's steps, in order (see ``shared.lifecycle.pats.rotation``)."""
+
+    CREATE = "create"
+    TEST = "test"
+    PROMOTE = "promote"
+    REVOKE = "revoke"
+
+
 @dataclass
 class ManagedPat(Entity):
     TABLE = "Pats"
@@ -49,7 +58,7 @@ class ManagedPat(Entity):
     previous_authorization_id: str | None = None
     previous_revoke_after: datetime | None = None
     rotation_id: str | None = None
-    rotation_step: str | None = None
+    rotation_step: RotationStep | None = None
     rotation_started_at: datetime | None = None
     rotation_tests: int = 0
     intent_name: str | None = None  # the display name of a PAT about to be POSTed
