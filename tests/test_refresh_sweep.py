@@ -11,7 +11,7 @@ import requests
 
 from shared.config.apps import parse as parse_apps
 from shared.foundation.clock import FixedClock
-from shared.lifecycle.access_tokens import backoff, due_at
+from shared.lifecycle.refresh_policy import backoff, due_at
 from shared.lifecycle.refresh_sweep import RefreshSweep
 from shared.storage.store import Store
 from shared.storage.tables.connections import Connection, ConnectionStore, Status

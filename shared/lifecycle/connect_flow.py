@@ -33,8 +33,8 @@ from shared.foundation.errors import (
     ProviderError,
 )
 from shared.foundation.secret import Secret
-from shared.lifecycle.access_tokens import due_at
 from shared.lifecycle.grants import take_grant
+from shared.lifecycle.refresh_policy import due_at
 from shared.lifecycle.user_ids import check_user_id
 from shared.providers.drivers import Drivers
 from shared.providers.oauth import Grant, new_state

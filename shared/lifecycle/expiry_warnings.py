@@ -22,6 +22,7 @@ from shared.foundation.clock import Clock
 from shared.foundation.errors import AlreadyExists, ConcurrencyConflict, KeystewardError
 from shared.lifecycle.pats.records import ManagedPats
 from shared.lifecycle.pats.rotation import Rotations
+from shared.storage.retry import on_conflict
 from shared.storage.store import Store
 from shared.storage.tables.api_keys import ApiKey
 from shared.storage.tables.connections import ConnectionStore, Status
@@ -32,6 +33,8 @@ from shared.trail.events import APIKEY_EXPIRING, CREDENTIAL_EXPIRING, EventPubli
 
 WARN_DAYS = (10, 1)
 ACTOR = "system:expiry-sweep"
+
+Warned = ApiKey | ManagedPat
 
 
 def thresholds_crossed(expires_at: datetime, now: datetime, warned: list[int]) -> list[int]:
@@ -110,13 +113,8 @@ class ExpirySweep:
 
     def _warn_pat(self, pat: ManagedPat, now: datetime) -> bool:
         assert pat.valid_to is not None
-        crossed = thresholds_crossed(pat.valid_to, now, pat.warned_days)
+        crossed = self._record_crossed(pat, pat.valid_to, now)
         if not crossed:
-            return False
-        pat.warned_days = sorted({*pat.warned_days, *crossed}, reverse=True)
-        try:
-            self._store.save(pat)
-        except ConcurrencyConflict:
             return False
         self._expiring(f"pat:{pat.id}", pat.valid_to, now, crossed, {
             "type": "managed_pat", "id": pat.id, "app": pat.app, "user_id": pat.user_id,
@@ -201,15 +199,32 @@ class ExpirySweep:
         self._events.publish(CREDENTIAL_EXPIRING, subject, payload)
         self._audit.record(ACTOR, "credential.expiring", subject, detail=payload)
 
+    def _record_crossed(self, entity: Warned, expires_at: datetime, now: datetime) -> list[int]:
+        """Record the thresholds newly crossed, before any warning goes out: a sweep that raced
+        us finds them recorded on its re-read and sends nothing; any other write in between
+        (a rotation, a key's use) is read again, never overwritten. [] when nothing is new."""
+        rows: list[Warned] = [entity]
+
+        def attempt() -> list[int]:
+            row = rows[-1]
+            crossed = thresholds_crossed(expires_at, now, row.warned_days)
+            if crossed:
+                row.warned_days = sorted({*row.warned_days, *crossed}, reverse=True)
+                try:
+                    self._store.save(row)
+                except ConcurrencyConflict:
+                    found = self._store.read(type(row), *row.keys())
+                    if found is None:
+                        return []
+                    rows.append(found)
+                    raise
+            return crossed
+
+        return on_conflict(attempt, what=f"{entity.TABLE} row being warned about")
+
     def _warn_key(self, key: ApiKey, now: datetime) -> bool:
-        crossed = thresholds_crossed(key.expires_at, now, key.warned_days)
+        crossed = self._record_crossed(key, key.expires_at, now)
         if not crossed:
-            return False
-        key.warned_days = sorted({*key.warned_days, *crossed}, reverse=True)
-        try:
-            # Record first: another sweep that raced us loses here and sends nothing.
-            self._store.save(key)
-        except ConcurrencyConflict:
             return False
         days_left = (key.expires_at - now).total_seconds() / 86400
         data = {

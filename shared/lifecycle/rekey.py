@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from shared.foundation.errors import ConcurrencyConflict
 from shared.storage.crypto import KeyRing, SealedSecret, kid_of
 from shared.storage.entities import Entity
+from shared.storage.retry import on_conflict
 from shared.storage.store import Store
 from shared.storage.tables import SEALED
 
@@ -41,22 +42,31 @@ def rekey(store: Store, *, dry_run: bool = False) -> RekeyReport:
         report.checked[name] = report.resealed[name] = 0
         for row in list(store.select(cls, "PartitionKey ne @none", {"none": ""})):
             report.checked[name] += 1
-            entity: Entity = row
-            for _ in range(5):
-                stale = _stale(entity, ring)
-                if not stale:
-                    break
-                if dry_run:
-                    for kid in stale:
-                        report.old_kids[kid] = report.old_kids.get(kid, 0) + 1
-                    break
-                try:
-                    store.save(entity)  # a value under another kid is re-sealed on write
-                    report.resealed[name] += 1
-                    break
-                except ConcurrencyConflict:
-                    found = store.read(type(entity), *entity.keys())
-                    if found is None:
-                        break
-                    entity = found
+            if dry_run:
+                for kid in _stale(row, ring):
+                    report.old_kids[kid] = report.old_kids.get(kid, 0) + 1
+            elif _reseal(store, row, ring):
+                report.resealed[name] += 1
     return report
+
+
+def _reseal(store: Store, row: Entity, ring: KeyRing) -> bool:
+    """Write the row back if a value is sealed under an old key (writing re-seals it); a row
+    changed meanwhile is read again, so no concurrent write is lost."""
+    rows = [row]
+
+    def attempt() -> bool:
+        entity = rows[-1]
+        if not _stale(entity, ring):
+            return False
+        try:
+            store.save(entity)
+        except ConcurrencyConflict:
+            found = store.read(type(entity), *entity.keys())
+            if found is None:
+                return False  # deleted meanwhile: nothing left to re-seal
+            rows.append(found)
+            raise
+        return True
+
+    return on_conflict(attempt, what=f"{row.TABLE} row being re-sealed")
