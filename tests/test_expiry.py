@@ -101,3 +101,18 @@ def test_two_sweeps_racing_warn_once(world, store, queues, clock) -> None:
     stale = other._warn_key(listed[0], clock.now())
     assert (first, second, stale) == (True, False, False)
     assert len(expiring_events(queues)) == 1
+
+
+def test_a_key_used_while_the_sweep_warns_is_still_warned(world, store, queues, clock) -> None:
+    keys, sweep, _ = world
+    keys.create(name="busy", scopes=["tokens:read"], resources=["*"], expires_in_days=3,
+                actor="test")  # fmt: skip
+    listed = keys.list()[0]  # the sweep's read
+    touched = keys.list()[0]
+    touched.last_used_at = clock.now()  # another writer (a use of the key) lands first
+    store.save(touched)
+    assert sweep._warn_key(listed, clock.now()) is True  # read again, not given up
+    assert len(expiring_events(queues)) == 1
+    stored = keys.list()[0]
+    assert stored.warned_days == [10]
+    assert stored.last_used_at == touched.last_used_at  # the other write was not overwritten

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from azure.data.tables import TableServiceClient
 
 from shared.foundation.secret import Secret
+from shared.lifecycle.rekey import _reseal
 from shared.storage.crypto import KeyRing, kid_of
 from shared.storage.store import Store
 from shared.storage.tables.connections import Connection, ConnectionStore, Status
@@ -85,3 +86,30 @@ def test_rekey_covers_every_table_with_a_sealed_field() -> None:
             and obj.__module__ == module.__name__
         }  # fmt: skip
     assert defined == set(tables.TABLES)
+
+
+def test_a_row_changed_while_being_resealed_is_read_again_not_overwritten(
+    tables: TableServiceClient,
+) -> None:
+    old, new = ("old", os.urandom(32)), ("new", os.urandom(32))
+    before = Store(tables, KeyRing([old]))
+    now = datetime.now(UTC)
+    ConnectionStore(before).save_new_or_existing(Connection(
+        app="race", user_id="u", provider="oidc", status=Status.ACTIVE, scopes=[],
+        created_at=now, updated_at=now, connected_at=now, redirect_uri="https://k/cb",
+        refresh_token=Secret("rt-first"),
+    ))  # fmt: skip
+    store = Store(tables, KeyRing([new, old]))
+    stale = store.read(Connection, "race", "u")
+    assert stale is not None
+    # Another writer (a refresh) lands between rekey's read and its write, still under the old
+    # key: rekey's write loses the race and must not put back what it read.
+    moved_on = before.read(Connection, "race", "u")
+    assert moved_on is not None
+    moved_on.refresh_token = Secret("rt-rotated")
+    before.save(moved_on)
+    assert _reseal(store, stale, KeyRing([new, old])) is True
+    after = Store(tables, KeyRing([new])).read(Connection, "race", "u")
+    assert after is not None
+    assert after.refresh_token is not None
+    assert after.refresh_token.reveal() == "rt-rotated"
