@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from shared.access.api_keys import MAX_DAYS, SCOPES
+from shared.access.key_requests import MAX_DAYS, SCOPES, KeyChange, NewKey
 from shared.config.settings import Settings
 from shared.foundation.errors import KeystewardError
 from shared.lifecycle.rekey import rekey
@@ -48,14 +48,9 @@ def _env_file(path: Path) -> dict[str, str]:
 
 
 def keys_create(args: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
-    key, secret = rt.api_keys.create(
-        name=args.name,
-        owner=args.owner,
-        scopes=args.scope,
-        resources=args.resource,
-        expires_in_days=args.days,
-        actor=_actor(),
-    )
+    request = NewKey(name=args.name, owner=args.owner or "", scopes=args.scope,
+                     resources=args.resource, expires_in_days=args.days)  # fmt: skip
+    key, secret = rt.api_keys.create(request, actor=_actor())
     return {**key.public(), "key": secret}
 
 
@@ -74,7 +69,7 @@ def keys_update(args: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
         changes["name"] = args.name
     if args.resource:
         changes["resources"] = args.resource
-    return rt.api_keys.update(args.id, changes, actor=_actor()).public()
+    return rt.api_keys.update(args.id, KeyChange.parse(changes), actor=_actor()).public()
 
 
 def keys_delete(args: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
@@ -106,7 +101,7 @@ def status(args: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
              "expires_at": k.expires_at.isoformat(), "days_left": days(k.expires_at)}
             for k in rt.api_keys.list()
         ],
-        "revocation_failures": [p.public() for p in rt.revoker.failures()],
+        "revocation_failures": [p.public() for p in rt.revoker.credentials.failures()],
     }  # fmt: skip
 
 

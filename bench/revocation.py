@@ -6,7 +6,7 @@ are started, so every size has an app partition of its own: N ``pagerduty-incide
 connections, one per user, are written straight to storage (``ConnectionStore``, as
 tests/test_revocation.py seeds them), then ONE request revokes the app (``POST /api/revocations``
 with ``{"app": "pagerduty-incidents"}``, i.e. "by app"). The devhost's queue function runs it:
-``Revoker.run`` with its thread pool of ``shared.revocation.CONCURRENCY``.
+``Revoker.run`` with its thread pool of ``shared.lifecycle.revocation_requests.CONCURRENCY``.
 
 Every figure is read from what the devhost stored, on its own clock (so the polling here adds
 nothing to it): accepted is the request row's ``created_at``; a credential is destroyed locally at

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 
 from devhost.oidc import OidcServer
-from shared.access.api_keys import SCOPES
+from shared.access.key_requests import SCOPES, NewKey
 from shared.config.settings import Settings
 from shared.foundation.errors import Unauthorized
 from shared.runtime import Runtime
@@ -137,10 +137,9 @@ def _dev_admin_key(state: Path, env: dict[str, str]) -> str:
         with contextlib.suppress(Unauthorized):
             runtime.api_keys.verify(f"Bearer {path.read_text().strip()}")
             return path.read_text().strip()
-    _, key = runtime.api_keys.create(
-        name="make run (development)", owner="local developer", scopes=list(SCOPES),
-        resources=["*"], expires_in_days=30, actor="cli:make-run",
-    )  # fmt: skip
+    request = NewKey(name="make run (development)", owner="local developer", scopes=list(SCOPES),
+                     resources=["*"], expires_in_days=30)  # fmt: skip
+    _, key = runtime.api_keys.create(request, actor="cli:make-run")
     path.write_text(key + "\n")
     path.chmod(0o600)
     return key

@@ -12,8 +12,8 @@ from functions._blueprint import blueprint
 from functions._http import endpoint, json_response, read_json
 from functions._pages import page, redirect
 from shared.access.api_keys import Principal
-from shared.foundation.errors import CallbackFailed, InputError, KeystewardError
-from shared.lifecycle.user_ids import check_user_id
+from shared.foundation.errors import CallbackFailed, KeystewardError
+from shared.lifecycle.caller_requests import NewLink
 from shared.runtime import get_runtime
 
 bp = blueprint()
@@ -24,13 +24,9 @@ log = logging.getLogger("keysteward.connect")
 @endpoint
 @authorized("connections:write")
 def create_connect_session(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
-    body = read_json(req, allowed={"app", "user_id", "return_to"})
-    app, user_id = body.get("app"), body.get("user_id")
-    if not isinstance(app, str) or not app:
-        raise InputError("'app' is required")
-    principal.require_resource("connections:write", app, check_user_id(user_id))
-    link = get_runtime().connect.create_link(app, user_id, body.get("return_to"),
-                                             actor=principal.actor)  # fmt: skip
+    request = NewLink.parse(read_json(req))
+    principal.require_resource("connections:write", request.app, request.user_id)
+    link = get_runtime().connect.create_link(request, actor=principal.actor)
     return json_response(link, status=201)
 
 

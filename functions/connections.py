@@ -8,7 +8,7 @@ from functions._auth import authorized
 from functions._blueprint import blueprint
 from functions._http import endpoint, json_response
 from shared.access.api_keys import Principal
-from shared.foundation.errors import InputError
+from shared.foundation import inputs
 from shared.runtime import get_runtime
 from shared.storage.tables.connections import Connection, Status
 
@@ -21,8 +21,7 @@ READ = "connections:read"
 @authorized(READ)
 def list_connections(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
     app, user_id, status = (req.params.get(n) or None for n in ("app", "user_id", "status"))
-    if status is not None and status not in {s.value for s in Status}:
-        raise InputError(f"'status' must be one of {', '.join(s.value for s in Status)}")
+    inputs.one_of(status, "status", tuple(s.value for s in Status))
     connections = get_runtime().connections
     found: list[Connection]
     if app and user_id:

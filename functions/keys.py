@@ -8,6 +8,7 @@ from functions._auth import authorized
 from functions._blueprint import blueprint
 from functions._http import endpoint, json_response, read_json
 from shared.access.api_keys import Principal
+from shared.access.key_requests import KeyChange, NewKey
 from shared.runtime import get_runtime
 
 bp = blueprint()
@@ -18,15 +19,8 @@ ADMIN = "keys:admin"
 @endpoint
 @authorized(ADMIN)
 def create_key(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
-    body = read_json(req, allowed={"name", "owner", "scopes", "resources", "expires_in_days"})
-    key, secret = get_runtime().api_keys.create(
-        name=body.get("name"),
-        owner=body.get("owner", ""),
-        scopes=body.get("scopes"),
-        resources=body.get("resources"),
-        expires_in_days=body.get("expires_in_days", 365),
-        actor=principal.actor,
-    )
+    request = NewKey.parse(read_json(req))
+    key, secret = get_runtime().api_keys.create(request, actor=principal.actor)
     return json_response({**key.public(), "key": secret}, status=201)
 
 
@@ -56,9 +50,8 @@ def regenerate_key(req: func.HttpRequest, principal: Principal) -> func.HttpResp
 @endpoint
 @authorized(ADMIN)
 def update_key(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
-    key = get_runtime().api_keys.update(
-        req.route_params["id"], read_json(req), actor=principal.actor
-    )
+    change = KeyChange.parse(read_json(req))
+    key = get_runtime().api_keys.update(req.route_params["id"], change, actor=principal.actor)
     return json_response(key.public())
 
 

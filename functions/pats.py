@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import azure.functions as func
@@ -11,6 +10,8 @@ from functions._auth import authorized
 from functions._blueprint import blueprint
 from functions._http import endpoint, json_response, read_json
 from shared.access.api_keys import Principal
+from shared.foundation.errors import InputError
+from shared.lifecycle.caller_requests import NewPat, PatExtension, RotationMessage
 from shared.lifecycle.pats.rotation import ROTATION_QUEUE
 from shared.runtime import get_runtime
 from shared.storage.tables.pats import ManagedPat
@@ -18,8 +19,6 @@ from shared.storage.tables.pats import ManagedPat
 bp = blueprint()
 log = logging.getLogger("keysteward.pats")
 READ, MANAGE, SECRET = "pats:read", "pats:manage", "pats:read-secret"
-_CREATE_FIELDS = {"organization", "display_name", "scope", "lifetime_days", "all_orgs",
-                  "rotate_before_days", "auto_rotate"}  # fmt: skip
 
 
 def _pat(req: func.HttpRequest, principal: Principal, scope: str) -> ManagedPat:
@@ -35,8 +34,8 @@ def _pat(req: func.HttpRequest, principal: Principal, scope: str) -> ManagedPat:
 def create_pat(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
     app, user_id = req.route_params["app"], req.route_params["user_id"]
     principal.require_resource(MANAGE, app, user_id)
-    body = read_json(req, allowed=_CREATE_FIELDS)
-    pat, secret = get_runtime().managed_pats.create(app, user_id, body, actor=principal.actor)
+    request = NewPat.parse(read_json(req))
+    pat, secret = get_runtime().managed_pats.create(app, user_id, request, actor=principal.actor)
     return json_response({**pat.public(), "secret": secret.reveal()}, status=201)
 
 
@@ -63,9 +62,9 @@ def get_pat(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
 @authorized(MANAGE)
 def extend_pat(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
     pat = _pat(req, principal, MANAGE)
-    body = read_json(req, allowed={"extend_days"})
+    request = PatExtension.parse(read_json(req))
     return json_response(
-        get_runtime().managed_pats.extend(pat.id, body, actor=principal.actor).public()
+        get_runtime().managed_pats.extend(pat.id, request, actor=principal.actor).public()
     )
 
 
@@ -100,11 +99,11 @@ def get_pat_secret(req: func.HttpRequest, principal: Principal) -> func.HttpResp
 @bp.queue_trigger(arg_name="msg", queue_name=ROTATION_QUEUE, connection="AzureWebJobsStorage")
 def rotate_pat_step(msg: func.QueueMessage) -> None:
     try:
-        body = json.loads(msg.get_body())
-        pat_id, rotation_id = str(body["pat_id"]), str(body["rotation_id"])
-    except (ValueError, KeyError, TypeError):
+        message = RotationMessage.parse(msg.get_body())
+    except InputError:
         log.error("rotation-requests: malformed message %s dropped", msg.id)
         return
+    pat_id, rotation_id = message.pat_id, message.rotation_id
     service = get_runtime().pat_rotations
     wait = service.run(pat_id, rotation_id)
     if wait is not None:

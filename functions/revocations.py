@@ -15,6 +15,7 @@ from shared.access.api_keys import Principal
 from shared.foundation.errors import Forbidden, InputError, NotFound
 from shared.lifecycle.revocation_requests import QUEUE, RevocationRequest
 from shared.runtime import get_runtime
+from shared.storage.tables.audit import AuditOutcome
 from shared.storage.tables.revocations import Revocation
 
 bp = blueprint()
@@ -42,9 +43,7 @@ def request_revocation(req: func.HttpRequest, principal: Principal) -> func.Http
     _require_cover(principal, request.app, request.user_id)
     revoker = runtime.revoker
     record = revoker.accept(request, fallback_id=revoker.new_id())
-    message = {"request_id": record.id, "app": request.app, "user_id": request.user_id,
-               "reason": request.reason, "requested_by": request.requested_by}  # fmt: skip
-    revoker.submit(message)
+    revoker.submit(request, record.id)
     return json_response({"id": record.id, "status_url": revoker.status_url(record.id)}, 202)
 
 
@@ -69,7 +68,7 @@ def list_revocation_failures(req: func.HttpRequest, principal: Principal) -> fun
     runtime = get_runtime()
     failures = [
         {"type": "connection", **p.public()}
-        for p in runtime.revoker.failures()
+        for p in runtime.revoker.credentials.failures()
         if principal.covers(p.app, p.user_id)
     ] + [
         {"type": "managed_pat", "credential": f"pat:{p.id}", "state": p.status.value,
@@ -89,7 +88,7 @@ def revoke_connection(req: func.HttpRequest, principal: Principal) -> func.HttpR
     principal.require_resource(SCOPE, app, user_id)
     runtime = get_runtime()
     connection = runtime.connections.get(app, user_id)
-    outcome, *pats = runtime.revoker.revoke_connection(connection, None)
+    outcome, *pats = runtime.revoker.credentials.revoke_connection(connection, None)
     runtime.audit.record(principal.actor, "connection.revoke_requested", f"{app}/{user_id}",
                          detail={"upstream": outcome.upstream})  # fmt: skip
     return json_response({**outcome.public(), "pats": [p.public() for p in pats]})
@@ -105,7 +104,7 @@ def process_revocation(msg: func.QueueMessage) -> None:
         # Malformed: audited and parked on the poison queue now; retrying cannot fix it.
         reason = exc.message if isinstance(exc, InputError) else "not JSON"
         runtime.audit.record("system:revocation", "revocation.malformed", f"message:{msg.id}",
-                             outcome="failure", detail={"reason": reason})  # fmt: skip
+                             outcome=AuditOutcome.FAILURE, detail={"reason": reason})  # fmt: skip
         runtime.revoker.park(raw.decode("utf-8", "replace"))
         log.error("revocation-requests: malformed message %s parked (%s)", msg.id, reason)
         return

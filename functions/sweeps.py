@@ -25,7 +25,7 @@ def expiry_sweep(timer: func.TimerRequest) -> None:
     report = run_nightly(
         [
             ("expiry warnings", lambda: runtime.expiry_sweep().run()),
-            ("revocation retries", runtime.revoker.retry_failures),
+            ("revocation retries", runtime.revoker.credentials.retry_failures),
             (
                 "unfinished PAT creations",
                 lambda: runtime.managed_pats.clean_up_creations(runtime.clock.now()),

@@ -8,7 +8,8 @@ from functions._auth import authorized
 from functions._blueprint import blueprint
 from functions._http import endpoint, error_response, json_response
 from shared.access.api_keys import Principal
-from shared.foundation.errors import InputError, RefreshUnavailable
+from shared.foundation import inputs
+from shared.foundation.errors import RefreshUnavailable
 from shared.lifecycle.access_tokens import MAX_MIN_TTL
 from shared.runtime import get_runtime
 
@@ -28,29 +29,9 @@ def get_token(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
         token = get_runtime().tokens.token(
             app,
             user_id,
-            min_ttl=_min_ttl(req.params.get("min_ttl")),
-            force_refresh=_flag(req.params.get("force_refresh")),
+            min_ttl=inputs.query_whole(req.params, "min_ttl", low=0, high=MAX_MIN_TTL),
+            force_refresh=inputs.query_flag(req.params, "force_refresh"),
         )
     except RefreshUnavailable as exc:
         return error_response(exc.error, exc.message, 503, {"Retry-After": str(exc.retry_after)})
     return json_response(token.public())
-
-
-def _min_ttl(value: str | None) -> int | None:
-    if value is None or value == "":
-        return None
-    if not (value.isascii() and value.isdigit()):
-        raise InputError("'min_ttl' must be a whole number of seconds")
-    digits = value.lstrip("0") or "0"
-    if len(digits) > len(str(MAX_MIN_TTL)):
-        # Out of range, and int() refuses more than 4300 digits: say so before it raises.
-        raise InputError(f"'min_ttl' must be from 0 to {MAX_MIN_TTL} seconds")
-    return int(digits)
-
-
-def _flag(value: str | None) -> bool:
-    if value is None or value.lower() in ("", "false", "0"):
-        return False
-    if value.lower() in ("true", "1"):
-        return True
-    raise InputError("'force_refresh' must be true or false")

@@ -18,10 +18,12 @@ from shared.access.api_keys import ApiKeys
 from shared.config.apps import Apps
 from shared.config.apps import load as load_apps
 from shared.config.settings import Settings, get_settings
+from shared.foundation import crashpoints
 from shared.foundation.clock import Clock, SystemClock
 from shared.foundation.errors import StoreError
 from shared.lifecycle.access_tokens import Tokens
 from shared.lifecycle.connect_flow import Connect
+from shared.lifecycle.credential_revocation import CredentialRevoker
 from shared.lifecycle.expiry_warnings import ExpirySweep
 from shared.lifecycle.pats.records import ManagedPats
 from shared.lifecycle.pats.revocation import PatRevocation
@@ -109,6 +111,7 @@ class Runtime:
             queues, clock, source=settings.public_url, webhook_enabled=webhooks is not None
         )
         apps = load_apps(settings)
+        crashpoints.arm(settings.test_fault)
         drivers = Drivers(http, clock)
         connections = ConnectionStore(store)
         schedule = Schedule(store)
@@ -169,19 +172,26 @@ class Runtime:
             tokens=tokens,
             schedule=schedule,
             revoker=Revoker(
-                pats=managed_pats,
-                pat_revocation=pat_revocation,
+                credentials=CredentialRevoker(
+                    pats=managed_pats,
+                    pat_revocation=pat_revocation,
+                    store=store,
+                    connections=connections,
+                    schedule=schedule,
+                    apps=apps,
+                    drivers=drivers,
+                    audit=audit,
+                    events=events,
+                    clock=clock,
+                    provider_timeout=settings.provider_timeout_seconds,
+                ),
                 queues=queues,
                 store=store,
                 connections=connections,
-                schedule=schedule,
-                apps=apps,
-                drivers=drivers,
                 audit=audit,
                 events=events,
                 clock=clock,
                 public_url=settings.public_url,
-                provider_timeout=settings.provider_timeout_seconds,
             ),
             managed_pats=managed_pats,
             pat_rotations=Rotations(

@@ -9,6 +9,7 @@ import pytest
 from shared.access import api_keys as apikeys
 from shared.access import globs
 from shared.access.api_keys import CACHE_SECONDS, ApiKeys, parse
+from shared.access.key_requests import KeyChange, NewKey
 from shared.foundation.clock import FixedClock
 from shared.foundation.errors import Forbidden, InputError, NotFound, Unauthorized
 from shared.storage.store import Store
@@ -33,10 +34,11 @@ def make(keys: ApiKeys, **overrides: object) -> tuple[ApiKey, str]:
         "name": "deploy-bot",
         "scopes": ["tokens:read"],
         "resources": ["pagerduty-*/*"],
-        "actor": "test",
     }
     args.update(overrides)
-    return keys.create(**args)  # type: ignore[arg-type]
+    actor = str(args.pop("actor", "test"))
+    # Parsed as a JSON body would be, so a test can hand it any value a caller could send.
+    return keys.create(NewKey.parse(args), actor=actor)
 
 
 def bearer(key: str) -> str:
@@ -169,13 +171,15 @@ def test_regenerate_keeps_scopes_globs_and_expiry_and_kills_the_old_secret(
 def test_update_changes_name_and_globs_but_refuses_scopes(keys: ApiKeys) -> None:
     key, raw = make(keys)
     keys.verify(bearer(raw))
-    updated = keys.update(key.id, {"name": "renamed", "resources": ["*/bob"]}, actor="test")
+    updated = keys.update(
+        key.id, KeyChange.parse({"name": "renamed", "resources": ["*/bob"]}), actor="test"
+    )
     assert (updated.name, updated.resources) == ("renamed", ["*/bob"])
     assert keys.verify(bearer(raw)).resources == ("*/bob",)  # the writer's cache is refreshed
     with pytest.raises(InputError, match="scopes of a key cannot be changed"):
-        keys.update(key.id, {"scopes": ["keys:admin"]}, actor="test")
+        keys.update(key.id, KeyChange.parse({"scopes": ["keys:admin"]}), actor="test")
     with pytest.raises(InputError, match="only 'name' and 'resources'"):
-        keys.update(key.id, {"expires_in_days": 365}, actor="test")
+        keys.update(key.id, KeyChange.parse({"expires_in_days": 365}), actor="test")
     assert keys.get(key.id).scopes == ["tokens:read"]
 
 
@@ -234,7 +238,7 @@ def test_every_key_action_is_audited_with_ids_never_secrets(
     clock.advance(timedelta(seconds=1))
     _, regenerated = keys.regenerate(key.id, actor="key:adminadminadm")
     clock.advance(timedelta(seconds=1))
-    keys.update(key.id, {"name": "n2"}, actor="key:adminadminadm")
+    keys.update(key.id, KeyChange(name="n2"), actor="key:adminadminadm")
     clock.advance(timedelta(seconds=1))
     keys.delete(key.id, actor="key:adminadminadm")
     entries = AuditLog(store, clock).read(START - timedelta(days=1))

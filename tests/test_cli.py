@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from azure.data.tables import TableServiceClient
 
-from shared.access.api_keys import SCOPES, ApiKeys, Principal, parse
+from shared.access.api_keys import ApiKeys, Principal, parse
+from shared.access.key_requests import SCOPES, NewKey
 from shared.foundation.clock import SystemClock
 from shared.foundation.errors import NotFound, Unauthorized
 from shared.storage.store import Store
@@ -83,7 +84,9 @@ def dead(store: Store, raw: str) -> bool:
 
 
 def made(store: Store, scopes: Sequence[str] = ("tokens:read",), name: str = "made") -> ApiKey:
-    return service(store).create(name=name, scopes=list(scopes), resources=["*"], actor="test")[0]
+    return service(store).create(
+        NewKey(name=name, scopes=list(scopes), resources=["*"]), actor="test"
+    )[0]
 
 
 def everything_stored(store: Store) -> str:

@@ -9,6 +9,7 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueServiceClient
 
 from shared.access.api_keys import ApiKeys
+from shared.access.key_requests import NewKey
 from shared.foundation.clock import FixedClock
 from shared.lifecycle.expiry_warnings import ExpirySweep, thresholds_crossed
 from shared.storage.clients import decode_message
@@ -57,8 +58,8 @@ def test_thresholds() -> None:
 
 def test_a_key_is_warned_at_10_days_and_at_1_day_once_each(world, queues, clock) -> None:
     keys, sweep, audit = world
-    key, _ = keys.create(name="ci", scopes=["tokens:read"], resources=["*"], expires_in_days=30,
-                         actor="test")  # fmt: skip
+    key, _ = keys.create(NewKey(name="ci", scopes=["tokens:read"], resources=["*"],
+                       expires_in_days=30), actor="test")  # fmt: skip
     nights = []
     for night in range(31):
         clock.set(START + timedelta(days=night))
@@ -73,8 +74,8 @@ def test_a_key_is_warned_at_10_days_and_at_1_day_once_each(world, queues, clock)
 
 def test_a_short_lived_key_gets_one_warning_for_the_nearest_threshold(world, queues, clock) -> None:
     keys, sweep, _ = world
-    keys.create(name="short", scopes=["tokens:read"], resources=["*"], expires_in_days=5,
-                actor="test")  # fmt: skip
+    keys.create(NewKey(name="short", scopes=["tokens:read"], resources=["*"],
+                       expires_in_days=5), actor="test")  # fmt: skip
     sweep.run()
     events = expiring_events(queues)
     assert len(events) == 1
@@ -90,8 +91,8 @@ def test_a_short_lived_key_gets_one_warning_for_the_nearest_threshold(world, que
 
 def test_two_sweeps_racing_warn_once(world, store, queues, clock) -> None:
     keys, sweep, audit = world
-    keys.create(name="race", scopes=["tokens:read"], resources=["*"], expires_in_days=3,
-                actor="test")  # fmt: skip
+    keys.create(NewKey(name="race", scopes=["tokens:read"], resources=["*"],
+                       expires_in_days=3), actor="test")  # fmt: skip
     other = ExpirySweep(
         store, keys, audit, EventPublisher(queues, clock, "https://ks.example", False), clock
     )
@@ -105,8 +106,8 @@ def test_two_sweeps_racing_warn_once(world, store, queues, clock) -> None:
 
 def test_a_key_used_while_the_sweep_warns_is_still_warned(world, store, queues, clock) -> None:
     keys, sweep, _ = world
-    keys.create(name="busy", scopes=["tokens:read"], resources=["*"], expires_in_days=3,
-                actor="test")  # fmt: skip
+    keys.create(NewKey(name="busy", scopes=["tokens:read"], resources=["*"],
+                       expires_in_days=3), actor="test")  # fmt: skip
     listed = keys.list()[0]  # the sweep's read
     touched = keys.list()[0]
     touched.last_used_at = clock.now()  # another writer (a use of the key) lands first

@@ -136,12 +136,15 @@ def test_storage_stopped_mid_sweep_and_restarted_loses_no_connection(tmp_path: P
         run_sweep(world.devhost)
         leased: set[str] = set()
 
-        def all_leased() -> bool:
-            leased.update(u for u in USERS if world.connection("oidc-demo", u).lease_owner)
+        def all_calling() -> bool:
+            # refresh_started_at is written with the lease's renewal, just before the provider
+            # call: a refresh that only took its lease may still need storage before it calls.
+            leased.update(u for u in USERS
+                          if world.connection("oidc-demo", u).refresh_started_at)  # fmt: skip
             return leased == set(USERS)
 
         # Every queued refresh holds its lease and waits for the provider.
-        wait_until(all_leased, timeout=30, what="every queued refresh to take its lease")
+        wait_until(all_calling, timeout=30, what="every queued refresh to call the provider")
         azurite.stop()
         try:
             wait_until(lambda: health(world) == 503, timeout=20, what="health to say 503")

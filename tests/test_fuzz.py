@@ -46,6 +46,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from shared.access.key_requests import NewKey
 from tests.peers.processes import ROOT
 from tests.peers.world import World
 
@@ -120,8 +121,8 @@ def schema() -> schemathesis.BaseSchema:
 def pinned(world: World) -> dict[str, dict[str, str]]:
     """Path parameters naming rows that exist: a spare key, a PagerDuty connection, an Entra
     connection with a managed PAT. By operationId."""
-    spare, _ = world.keys.create(name="fuzz-spare", scopes=["tokens:read"], resources=["*"],
-                                 actor="test")  # fmt: skip
+    spare, _ = world.keys.create(NewKey(name="fuzz-spare", scopes=["tokens:read"],
+                                        resources=["*"]), actor="test")  # fmt: skip
     assert world.connect(PD, USER).status_code == 200
     assert world.connect(ENTRA, PAT_USER).status_code == 200
     new_pat = {"display_name": "fuzz", "scope": "vso.code", "lifetime_days": 30}

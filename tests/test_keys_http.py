@@ -19,7 +19,9 @@ import pytest
 import requests
 
 from shared.access import api_keys as apikeys
+from shared.access import key_requests
 from shared.access.api_keys import ApiKeys, parse
+from shared.access.key_requests import NewKey
 from shared.foundation.clock import FixedClock
 from shared.trail.audit import AuditLog
 from tests.peers.world import World
@@ -51,7 +53,9 @@ def new_key(
     world: World, scopes: list[str], resources: list[str], name: str = "t"
 ) -> tuple[str, str]:
     """(id, raw key) of a fresh key."""
-    key, raw = world.keys.create(name=name, scopes=scopes, resources=resources, actor="test")
+    key, raw = world.keys.create(
+        NewKey(name=name, scopes=scopes, resources=resources), actor="test"
+    )
     return key.id, raw
 
 
@@ -59,9 +63,8 @@ def expired_key(world: World, scopes: list[str], resources: list[str]) -> str:
     """A key created two days ago for one day."""
     past = FixedClock(datetime.now(UTC) - timedelta(days=2))
     keys = ApiKeys(world.store, AuditLog(world.store, past), past)
-    return keys.create(
-        name="expired", scopes=scopes, resources=resources, expires_in_days=1, actor="test"
-    )[1]
+    request = NewKey(name="expired", scopes=scopes, resources=resources, expires_in_days=1)
+    return keys.create(request, actor="test")[1]
 
 
 def key_ids(world: World) -> set[str]:
@@ -286,7 +289,7 @@ KEY_ENDPOINTS = (
 def test_every_key_endpoint_needs_keys_admin(
     world: World, unauthorized: dict[str, str], method: str, path: str
 ) -> None:
-    everything_but_admin = [s for s in apikeys.SCOPES if s != "keys:admin"]
+    everything_but_admin = [s for s in key_requests.SCOPES if s != "keys:admin"]
     raw = new_key(world, everything_but_admin, ["*"])[1]
     body = {"name": "x", "scopes": ["tokens:read"], "resources": ["*"], "expires_in_days": 1}
     response = call(world, method, path, raw, json=body)
@@ -590,7 +593,7 @@ def test_create_refuses_a_body_that_is_not_a_json_object(
 
 def test_every_key_action_is_audited_with_the_acting_key_id_never_a_secret(world: World) -> None:
     admin, admin_raw = world.keys.create(
-        name="auditing admin", scopes=["keys:admin"], resources=["*"], actor="test"
+        NewKey(name="auditing admin", scopes=["keys:admin"], resources=["*"]), actor="test"
     )
     reader = new_key(world, ["audit:read"], ["*"])[1]
     created = call(

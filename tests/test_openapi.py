@@ -32,7 +32,7 @@ import yaml
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from shared.access.api_keys import SCOPES
+from shared.access.key_requests import SCOPES
 from shared.foundation.version import VERSION
 from tests.peers.processes import ROOT
 from tests.peers.world import RETURN_URL, World
@@ -413,8 +413,24 @@ def body_fields_in_code() -> dict[str, set[str] | None]:
             for node in ast.walk(function):
                 if isinstance(node, ast.Call) and _called(node) == "read_json":
                     allowed = [k.value for k in node.keywords if k.arg == "allowed"]
-                    found[function.name] = set(_value(module, allowed[0])) if allowed else None
+                    fields = set(_value(module, allowed[0])) if allowed else None
+                    found.setdefault(function.name, fields)
+                parsed = _parsed_body(module, node)
+                if parsed is not None:
+                    found[function.name] = parsed
     return found
+
+
+def _parsed_body(module: Any, node: ast.AST) -> set[str] | None:
+    """``Request.parse(read_json(req))``: the body is the request object's ``FIELDS``."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+        return None
+    inner = node.args[0] if node.args else None
+    if node.func.attr != "parse" or not isinstance(inner, ast.Call):
+        return None
+    if _called(inner) != "read_json" or not isinstance(node.func.value, ast.Name):
+        return None
+    return set(getattr(module, node.func.value.id).FIELDS)
 
 
 def _called(call: ast.Call) -> str | None:
@@ -438,7 +454,9 @@ def test_the_code_is_read_as_expected(routes: list[Route]) -> None:
     assert {name for name, scope in scopes.items() if scope is None} == PUBLIC_OPERATIONS
     bodies = body_fields_in_code()
     assert bodies["create_key"] == {"name", "owner", "scopes", "resources", "expires_in_days"}
-    assert bodies["update_key"] is None
+    assert bodies["update_key"] == {"name", "resources"}
+    assert bodies["create_pat"] == {"organization", "display_name", "scope", "lifetime_days",
+                                    "all_orgs", "rotate_before_days", "auto_rotate"}  # fmt: skip
 
 
 def test_security_and_scopes_follow_the_authorized_decorators(

@@ -22,40 +22,24 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from shared.access import globs
+from shared.access.key_requests import KeyChange, NewKey
 from shared.foundation.clock import Clock
 from shared.foundation.errors import (
-    ConcurrencyConflict,
     Forbidden,
-    InputError,
     NotFound,
     StoreError,
     Unauthorized,
 )
+from shared.storage.retry import on_conflict
 from shared.storage.store import Row, Store
 from shared.storage.tables.api_keys import KEYS_PARTITION as _PARTITION
 from shared.storage.tables.api_keys import ApiKey
 from shared.trail.audit import AuditLog
 
-SCOPES = (
-    "connections:read",
-    "connections:write",
-    "connections:revoke",
-    "tokens:read",
-    "pats:read",
-    "pats:manage",
-    "pats:read-secret",
-    "keys:admin",
-    "audit:read",
-)
 PREFIX = "ks_"
-MAX_DAYS = 365
 CACHE_SECONDS = 10
-MAX_NAME = 100
-MAX_OWNER = 200
-MAX_RESOURCES = 50
 _LAST_USED_EVERY = timedelta(minutes=5)
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
@@ -135,27 +119,18 @@ class ApiKeys:
 
     # -- management -------------------------------------------------------------------------
 
-    def create(
-        self,
-        *,
-        name: object,
-        scopes: object,
-        resources: object,
-        expires_in_days: object = MAX_DAYS,
-        owner: object = "",
-        actor: str,
-    ) -> tuple[ApiKey, str]:
+    def create(self, request: NewKey, *, actor: str) -> tuple[ApiKey, str]:
         now = self._clock.now()
         key_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
         secret = _new_secret()
         key = ApiKey(
             id=key_id,
-            name=_name(name),
-            owner=_owner(owner),
-            scopes=_scopes(scopes),
-            resources=_resources(resources),
+            name=request.name,
+            owner=request.owner,
+            scopes=request.scopes,
+            resources=request.resources,
             created_at=now,
-            expires_at=now + timedelta(days=_days(expires_in_days)),
+            expires_at=now + timedelta(days=request.expires_in_days),
             secret_hash=_hash(secret),
             created_by=actor,
         )
@@ -188,20 +163,9 @@ class ApiKeys:
         self._audit.record(actor, "apikey.regenerated", f"key:{key_id}")
         return key, _format(key_id, secret)
 
-    def update(self, key_id: str, changes: dict[str, Any], *, actor: str) -> ApiKey:
+    def update(self, key_id: str, request: KeyChange, *, actor: str) -> ApiKey:
         """Change the name and resource globs; scopes are fixed for a key's life, as NuGet's."""
-        if "scopes" in changes:
-            raise InputError(
-                "the scopes of a key cannot be changed: create a new key with the scopes you "
-                "need and delete this one"
-            )
-        unknown = set(changes) - {"name", "resources"}
-        if unknown:
-            raise InputError(f"only 'name' and 'resources' can be changed, not {sorted(unknown)}")
-        if not changes:
-            raise InputError("nothing to change: give 'name' and/or 'resources'")
-        name = _name(changes["name"]) if "name" in changes else None
-        resources = _resources(changes["resources"]) if "resources" in changes else None
+        name, resources = request.name, request.resources
 
         def change(key: ApiKey) -> None:
             key.name = name or key.name
@@ -216,16 +180,15 @@ class ApiKeys:
 
     def _change(self, key_id: str, change: Callable[[ApiKey], None]) -> ApiKey:
         """Read, change, write conditionally; again if a concurrent use touched the row."""
-        for _ in range(5):
+
+        def attempt() -> ApiKey:
             key = self.get(key_id)
             change(key)
-            try:
-                self._store.save(key)
-            except ConcurrencyConflict:
-                continue  # last_used_at was written meanwhile
-            self._forget(key_id)
-            return key
-        raise ConcurrencyConflict(f"API key '{key_id}' kept changing; try again")
+            return self._store.save(key)  # a conflict: last_used_at was written meanwhile
+
+        key = on_conflict(attempt, what=f"API key '{key_id}'")
+        self._forget(key_id)
+        return key
 
     def delete(self, key_id: str, *, actor: str) -> None:
         key = self.get(key_id)
@@ -285,45 +248,3 @@ class ApiKeys:
 
 def _valid_id(key_id: str) -> bool:
     return bool(re.fullmatch(r"[a-z2-7]{12}", key_id))
-
-
-def _name(value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InputError("'name' is required: a non-empty string")
-    value = value.strip()
-    if len(value) > MAX_NAME or not value.isprintable():
-        raise InputError(f"'name' must be printable text of at most {MAX_NAME} characters")
-    return value
-
-
-def _owner(value: object) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str) or len(value) > MAX_OWNER or not value.isprintable():
-        raise InputError(f"'owner' must be printable text of at most {MAX_OWNER} characters")
-    return value.strip()
-
-
-def _scopes(value: object) -> list[str]:
-    if not isinstance(value, list) or not value or not all(isinstance(s, str) for s in value):
-        raise InputError(f"'scopes' must be a non-empty list of: {', '.join(SCOPES)}")
-    unknown = [s for s in value if s not in SCOPES]
-    if unknown:
-        raise InputError(f"unknown scope(s) {unknown}: use {', '.join(SCOPES)}")
-    return sorted(set(value), key=SCOPES.index)
-
-
-def _resources(value: object) -> list[str]:
-    if not isinstance(value, list) or not value:
-        raise InputError("'resources' must be a non-empty list of globs such as '*' or 'app/*'")
-    if len(value) > MAX_RESOURCES:
-        raise InputError(f"at most {MAX_RESOURCES} resource globs")
-    return list(dict.fromkeys(globs.validate(g) for g in value))
-
-
-def _days(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(f"'expires_in_days' must be a whole number from 1 to {MAX_DAYS}")
-    if not 1 <= value <= MAX_DAYS:
-        raise InputError(f"'expires_in_days' must be from 1 to {MAX_DAYS}, not {value}")
-    return value

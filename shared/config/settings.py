@@ -103,6 +103,7 @@ class Settings:
     provider_timeout_seconds: float = 20.0
     rotation_grace_minutes: float = 60.0
     # The environment as read at start-up, for the apps file's ${NAME} secret references.
+    test_fault: str | None = None
     environment: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -150,6 +151,7 @@ class Settings:
             rotation_grace_minutes=_number(
                 ROTATION_GRACE_MINUTES, get(ROTATION_GRACE_MINUTES), 60.0
             ),
+            test_fault=get(TEST_FAULT),
             environment=dict(env),
         )
 

@@ -18,7 +18,7 @@ import json
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -28,17 +28,20 @@ from shared.foundation.errors import (
     AlreadyExists,
     CallbackFailed,
     ConcurrencyConflict,
+    Contended,
     InputError,
     NotFound,
     ProviderError,
 )
 from shared.foundation.secret import Secret
+from shared.lifecycle.caller_requests import NewLink
 from shared.lifecycle.grants import take_grant
 from shared.lifecycle.refresh_policy import due_at
-from shared.lifecycle.user_ids import check_user_id
 from shared.providers.drivers import Drivers
 from shared.providers.oauth import Grant, new_state
+from shared.storage.retry import on_conflict
 from shared.storage.store import Store
+from shared.storage.tables.audit import AuditOutcome
 from shared.storage.tables.connect_links import ConnectLink, OAuthState, digest
 from shared.storage.tables.connections import Connection, ConnectionStore, Status
 from shared.storage.tables.schedule import Schedule
@@ -87,16 +90,10 @@ class Connect:
 
     # -- 1. the link ----------------------------------------------------------------------------
 
-    def create_link(
-        self, app_id: object, user_id: object, return_to: object, *, actor: str
-    ) -> dict[str, Any]:
-        if not isinstance(app_id, str) or app_id not in self._apps:
+    def create_link(self, request: NewLink, *, actor: str) -> dict[str, Any]:
+        app_id, user, return_to = request.app, request.user_id, request.return_to
+        if app_id not in self._apps:
             raise InputError(f"'app' must name a configured app, not {app_id!r}")
-        user = check_user_id(user_id)
-        if return_to is not None and (
-            not isinstance(return_to, str) or urlsplit(return_to).scheme not in ("http", "https")
-        ):
-            raise InputError("'return_to' must be an absolute http(s) URL")
         token = secrets.token_urlsafe(32)
         now = self._clock.now()
         link = ConnectLink(
@@ -178,7 +175,7 @@ class Connect:
                 "user:browser",
                 "connection.connect_failed",
                 subject,
-                outcome="failure",
+                outcome=AuditOutcome.FAILURE,
                 detail={"reason": failed.error},
             )
             raise
@@ -293,35 +290,18 @@ class Connect:
 
     def _store_connection(self, app: App, state: OAuthState, grant: Grant) -> Connected:
         now = self._clock.now()
-        for _ in range(5):
+
+        def attempt() -> Connected:
             existing = self._connections.find(app.id, state.user_id)
-            if existing is None:
-                connection = Connection(
-                    app=app.id,
-                    user_id=state.user_id,
-                    provider=app.provider.name,
-                    status=Status.ACTIVE,
-                    scopes=list(grant.scopes),
-                    created_at=now,
-                    updated_at=now,
-                    connected_at=now,
-                    redirect_uri=state.redirect_uri,
-                )
-                event: str | None = CONNECTION_CREATED
-            else:
-                connection = existing
-                event = {
-                    Status.NEEDS_REAUTH: CONNECTION_RECOVERED,
-                    Status.REVOKED: CONNECTION_CREATED,
-                }.get(connection.status)
-            take_grant(connection, grant, now)
-            connection.status = Status.ACTIVE
-            connection.connected_at = now
-            connection.redirect_uri = state.redirect_uri
-            connection.refresh_failures = 0
-            connection.last_error = connection.next_attempt_at = None
-            connection.needs_reauth_at = connection.revoked_at = None
-            connection.last_refreshed_at = now
+            connection = existing or Connection(
+                app=app.id, user_id=state.user_id, provider=app.provider.name,
+                status=Status.ACTIVE, scopes=list(grant.scopes), created_at=now, updated_at=now,
+                connected_at=now, redirect_uri=state.redirect_uri,
+            )  # fmt: skip
+            event = (
+                CONNECTION_CREATED if existing is None else _EVENT_ON_RECONNECT.get(existing.status)
+            )
+            _reconnected(connection, grant, state, now)
             old_bucket = connection.schedule_bucket
             # The index row first: a crash leaves a row the sweep drops, never an unswept grant.
             connection.schedule_bucket = self._schedule.put(
@@ -329,13 +309,19 @@ class Connect:
             )
             try:
                 self._connections.save_new_or_existing(connection)
-            except (ConcurrencyConflict, AlreadyExists):
-                continue  # a refresh or another consent wrote meanwhile: merge onto it
+            except AlreadyExists:
+                # Another consent created it meanwhile: merge onto it, as on a conflict.
+                raise ConcurrencyConflict("the connection was created meanwhile") from None
             if old_bucket and old_bucket != connection.schedule_bucket:
                 self._schedule.drop(old_bucket, app.id, state.user_id)
-            redirect = self._return_url(state.return_to, connection)
-            return Connected(connection, event, redirect)
-        raise CallbackFailed(409, "busy", "The connection is being changed: try again.")
+            return Connected(connection, event, self._return_url(state.return_to, connection))
+
+        try:
+            return on_conflict(attempt, what=f"the connection '{app.id}/{state.user_id}'")
+        except Contended:
+            raise CallbackFailed(
+                409, "busy", "The connection is being changed: try again."
+            ) from None
 
     def _return_url(self, return_to: str | None, connection: Connection) -> str | None:
         if not return_to or not self.return_allowed(return_to):
@@ -359,3 +345,21 @@ class Connect:
             return self._apps.get(app_id)
         except NotFound:
             raise CallbackFailed(404, "unknown_app", f"No app '{app_id}' is configured.") from None
+
+
+_EVENT_ON_RECONNECT = {
+    Status.NEEDS_REAUTH: CONNECTION_RECOVERED,
+    Status.REVOKED: CONNECTION_CREATED,
+}
+
+
+def _reconnected(connection: Connection, grant: Grant, state: OAuthState, now: datetime) -> None:
+    """The connection as a fresh consent leaves it: active, the new grant, no failure history."""
+    take_grant(connection, grant, now)
+    connection.status = Status.ACTIVE
+    connection.connected_at = now
+    connection.redirect_uri = state.redirect_uri
+    connection.refresh_failures = 0
+    connection.last_error = connection.next_attempt_at = None
+    connection.needs_reauth_at = connection.revoked_at = None
+    connection.last_refreshed_at = now

@@ -31,6 +31,7 @@ from shared.lifecycle.refresh_policy import (
 from shared.providers.oauth import Grant
 from shared.storage.lease import clear
 from shared.storage.retry import on_conflict
+from shared.storage.tables.audit import AuditOutcome
 from shared.storage.tables.connections import Connection, ConnectionStore, Status
 from shared.storage.tables.schedule import Schedule
 from shared.trail.audit import AuditLog
@@ -159,7 +160,7 @@ class RefreshWriter:
         data = {"app": app.id, "user_id": connection.user_id, "error": exc.oauth_error}
         self._events.publish(CONNECTION_NEEDS_REAUTH, connection.resource, data)
         self._audit.record("system:refresh", "connection.needs_reauth", connection.resource,
-                           outcome="failure", detail=data)  # fmt: skip
+                           outcome=AuditOutcome.FAILURE, detail=data)  # fmt: skip
         return None
 
     def record_failure(self, app: App, connection: Connection, exc: ProviderError) -> float:
@@ -175,7 +176,8 @@ class RefreshWriter:
             # nothing is audited about a write that did not happen.
             return delay
         self._audit.record(
-            "system:refresh", "connection.refresh_failed", connection.resource, outcome="failure",
+            "system:refresh", "connection.refresh_failed", connection.resource,
+            outcome=AuditOutcome.FAILURE,
             detail={"error": exc.oauth_error, "attempts": connection.refresh_failures,
                     "retry_in_seconds": round(delay)},
         )  # fmt: skip

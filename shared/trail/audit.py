@@ -23,7 +23,7 @@ from shared.foundation.errors import AlreadyExists
 from shared.foundation.redaction import check_identifier, redact
 from shared.storage.store import Store
 from shared.storage.tablekeys import encode_key
-from shared.storage.tables.audit import AuditEntry
+from shared.storage.tables.audit import AuditEntry, AuditOutcome
 
 REDACTED = "[redacted]"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -43,7 +43,7 @@ class AuditLog:
         actor: str,
         action: str,
         subject: str,
-        outcome: str = "success",
+        outcome: AuditOutcome = AuditOutcome.SUCCESS,
         detail: Mapping[str, object] | None = None,
     ) -> AuditEntry:
         """Append one entry. Storage failures propagate: an action that cannot be audited fails."""

@@ -1,9 +1,9 @@
 """Lifecycle events: CloudEvents 1.0 (structured JSON) on the ``lifecycle-events`` queue.
 
 When a webhook is configured, each event is also queued for delivery on ``webhook-deliveries``
-(``{"event": <event>, "attempt": 1}``); ``shared.webhooks`` signs and POSTs it from there, so a
+(``{"event": <event>, "attempt": 1}``); ``trail.webhooks`` signs and POSTs it from there, so a
 slow or dead receiver never delays the action that raised the event. Messages are encoded as the
-Functions host expects (``shared.storage.encode_message``). Event data goes through the audit
+Functions host expects (``storage.clients.encode_message``). Event data goes through the audit
 trail's redaction: nothing secret leaves in an event.
 """
 

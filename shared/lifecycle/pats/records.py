@@ -9,7 +9,6 @@ name and revokes it, so no PAT exists that Keysteward does not know about.
 from __future__ import annotations
 
 import contextlib
-import re
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,6 +20,8 @@ from shared.foundation.clock import Clock
 from shared.foundation.errors import Gone, InputError, KeystewardError, NotFound
 from shared.foundation.secret import Secret
 from shared.lifecycle.access_tokens import Tokens
+from shared.lifecycle.caller_requests import NewPat, PatExtension
+from shared.lifecycle.caller_requests import organization as organization_name
 from shared.providers.pat_api import DEFAULT_API_URL, DEFAULT_API_VERSION, DEFAULT_ORG_URL, PatApi
 from shared.storage.retry import on_conflict
 from shared.storage.store import Store
@@ -28,9 +29,7 @@ from shared.storage.tables.connections import ConnectionStore, Status
 from shared.storage.tables.pats import ManagedPat, PatOfConnection, PatStatus, index_partition
 from shared.trail.audit import AuditLog
 
-MAX_LIFETIME_DAYS = 365
 UNFINISHED_AFTER = timedelta(minutes=10)
-_ORG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,49}$")
 
 
 class ManagedPats:
@@ -96,29 +95,20 @@ class ManagedPats:
     # -- managing ---------------------------------------------------------------------------------
 
     def create(
-        self, app_id: str, user_id: str, body: dict[str, Any], *, actor: str
+        self, app_id: str, user_id: str, request: NewPat, *, actor: str
     ) -> tuple[ManagedPat, Secret]:
         app = self.entra_app(app_id)
         connection = self._connections.get(app_id, user_id)
         if connection.status != Status.ACTIVE:
             raise Gone(f"the connection '{connection.resource}' is {connection.status.value}")
-        organization = _organization(body.get("organization") or app.organization)
-        display_name = _text(body.get("display_name"), "display_name", 100)
-        scope = _text(body.get("scope"), "scope", 1000)
-        lifetime = _int(body.get("lifetime_days", 30), "lifetime_days", 1, MAX_LIFETIME_DAYS)
-        rotate_before = _int(
-            body.get("rotate_before_days", min(7, lifetime)), "rotate_before_days", 1, lifetime
-        )
-        all_orgs, auto_rotate = body.get("all_orgs", False), body.get("auto_rotate", True)
-        if not isinstance(all_orgs, bool) or not isinstance(auto_rotate, bool):
-            raise InputError("'all_orgs' and 'auto_rotate' are true or false")
         now = self._clock.now()
         pat = ManagedPat(
             id=f"pat-{uuid.uuid4().hex[:20]}", app=app_id, user_id=user_id,
-            organization=organization, display_name=display_name, scope=scope,
-            lifetime_days=lifetime, all_orgs=all_orgs, rotate_before_days=rotate_before,
-            auto_rotate=auto_rotate, status=PatStatus.CREATING, created_at=now, updated_at=now,
-            created_by=actor,
+            organization=request.organization or organization_name(app.organization),
+            display_name=request.display_name, scope=request.scope,
+            lifetime_days=request.lifetime_days, all_orgs=request.all_orgs,
+            rotate_before_days=request.rotate_before_days, auto_rotate=request.auto_rotate,
+            status=PatStatus.CREATING, created_at=now, updated_at=now, created_by=actor,
         )  # fmt: skip
         return pat, self._post(app, pat, actor)
 
@@ -163,11 +153,11 @@ class ManagedPats:
             "valid_to": valid_to,
         }
 
-    def extend(self, pat_id: str, body: dict[str, Any], *, actor: str) -> ManagedPat:
+    def extend(self, pat_id: str, request: PatExtension, *, actor: str) -> ManagedPat:
         pat = self.get(pat_id)
         if pat.status != PatStatus.ACTIVE or pat.authorization_id is None:
             raise Gone(f"the managed PAT '{pat_id}' is {pat.status.value}")
-        days = _int(body.get("extend_days"), "extend_days", 1, MAX_LIFETIME_DAYS)
+        days = request.extend_days
         app = self.entra_app(pat.app)
         wanted = self._clock.now() + timedelta(days=days)
         token = self.api(app).update(self.bearer(app, pat.user_id), pat.organization,
@@ -201,7 +191,7 @@ class ManagedPats:
     ) -> list[dict[str, Any]]:
         """The user's PATs at Azure DevOps (every page), managed ones marked."""
         app = self.entra_app(app_id)
-        org = _organization(organization or app.organization)
+        org = organization_name(organization or app.organization)
         managed = {
             p.authorization_id: p.id
             for p in self.of_connection(app_id, user_id)
@@ -248,21 +238,3 @@ class ManagedPats:
             return self._store.save(latest)
 
         on_conflict(record, what=f"the managed PAT '{pat.id}'")
-
-
-def _organization(value: Any) -> str:
-    if not isinstance(value, str) or not _ORG.match(value):
-        raise InputError("'organization' is required: the Azure DevOps organisation name")
-    return value
-
-
-def _text(value: Any, name: str, limit: int) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > limit:
-        raise InputError(f"'{name}' is required: text of at most {limit} characters")
-    return value.strip()
-
-
-def _int(value: Any, name: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InputError(f"'{name}' must be a whole number from {low} to {high}")
-    return value

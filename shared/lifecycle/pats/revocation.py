@@ -19,6 +19,7 @@ from shared.foundation.errors import KeystewardError
 from shared.lifecycle.pats.records import ManagedPats
 from shared.storage.retry import on_conflict
 from shared.storage.store import Store
+from shared.storage.tables.audit import AuditOutcome
 from shared.storage.tables.pats import ManagedPat, PatStatus
 from shared.trail.audit import AuditLog
 from shared.trail.events import CREDENTIAL_REVOKED, EventPublisher
@@ -99,8 +100,8 @@ class PatRevocation:
         data = {"type": "managed_pat", "id": pat_id, "app": pat.app, "user_id": pat.user_id,
                 "outcomes": outcomes}  # fmt: skip
         self._events.publish(CREDENTIAL_REVOKED, f"pat:{pat_id}", data)
-        self._audit.record(actor, "pat.revoked", f"pat:{pat_id}",
-                           outcome="failure" if failed else "success", detail=data)  # fmt: skip
+        outcome = AuditOutcome.FAILURE if failed else AuditOutcome.SUCCESS
+        self._audit.record(actor, "pat.revoked", f"pat:{pat_id}", outcome=outcome, detail=data)
         return PatRevoked(pat_id, pat.status, outcomes)
 
     def _delete_versions(self, pat: ManagedPat, bearer: str | None) -> dict[str, str]:

@@ -14,7 +14,6 @@ same rotation at once; a second rotation request while one runs is merged into i
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import timedelta
 
@@ -24,12 +23,14 @@ from shared.foundation.clock import Clock
 from shared.foundation.crashpoints import crash_point
 from shared.foundation.errors import ConcurrencyConflict, Gone, KeystewardError
 from shared.foundation.secret import Secret
+from shared.lifecycle.caller_requests import RotationMessage
 from shared.lifecycle.pats.records import ManagedPats
 from shared.providers.pat_api import PatToken
 from shared.storage.clients import send
 from shared.storage.lease import Leases
 from shared.storage.retry import on_conflict
 from shared.storage.store import Store
+from shared.storage.tables.audit import AuditOutcome
 from shared.storage.tables.pats import ManagedPat, PatStatus, RotationStep
 from shared.trail.audit import AuditLog
 from shared.trail.events import CREDENTIAL_ROTATED, EventPublisher
@@ -88,8 +89,7 @@ class Rotations:
         return pat, started
 
     def enqueue(self, pat_id: str, rotation_id: str, delay: float = 0) -> None:
-        message = json.dumps({"pat_id": pat_id, "rotation_id": rotation_id})
-        send(self._queues, ROTATION_QUEUE, message, delay)
+        send(self._queues, ROTATION_QUEUE, RotationMessage(pat_id, rotation_id).encode(), delay)
 
     def run(self, pat_id: str, rotation_id: str) -> float | None:
         """Run the rotation as far as it can go now: None when finished (or not ours any more),
@@ -199,8 +199,9 @@ class Rotations:
         pat.rotation_id = pat.rotation_step = None
         pat.last_error = "rotation abandoned: the new PAT never authenticated"
         self._store.save(pat)
+        detail = {"reason": pat.last_error}
         self._audit.record(ACTOR, "pat.rotation_failed", f"pat:{pat.id}",
-                           outcome="failure", detail={"reason": pat.last_error})  # fmt: skip
+                           outcome=AuditOutcome.FAILURE, detail=detail)  # fmt: skip
 
     def _promote(self, pat: ManagedPat) -> None:
         now = self._clock.now()

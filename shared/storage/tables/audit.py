@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar
 
 from shared.storage.entities import Entity
+
+
+class AuditOutcome(enum.StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    PARTIAL = "partial"  # some of what was asked succeeded (a revocation with failures)
 
 
 @dataclass
@@ -21,5 +28,5 @@ class AuditEntry(Entity):
     actor: str
     action: str
     subject: str
-    outcome: str
+    outcome: AuditOutcome
     detail: dict[str, object] = field(default_factory=dict)

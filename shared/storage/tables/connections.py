@@ -19,6 +19,7 @@ from shared.foundation.errors import NotFound
 from shared.foundation.secret import Secret
 from shared.storage.entities import Entity
 from shared.storage.store import Row, Store
+from shared.storage.tables.revocations import Upstream
 
 
 class Status(enum.StrEnum):
@@ -54,11 +55,12 @@ class Connection(Entity):
     next_attempt_at: datetime | None = None
     needs_reauth_at: datetime | None = None
     revoked_at: datetime | None = None
-    revoke_upstream: str | None = None  # revoked | not_supported | revoke_failed
+    revoke_upstream: Upstream | None = None
     revoke_error: str | None = None
     schedule_bucket: str | None = None  # the Schedule partition of this connection's next refresh
     refresh_started_at: datetime | None = None  # a refresh token is being spent (cleared on store)
-    # The refresh lease (shared.lease) lives on this row; declared so replacing writes keep it.
+    # The refresh lease (shared.storage.lease) lives on this row; declared so replacing writes
+    # keep it.
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
 

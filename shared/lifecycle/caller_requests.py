@@ -1,0 +1,110 @@
+"""What callers ask of the lifecycle services, parsed and checked at the edge: a connect link
+(``NewLink``), a managed PAT (``NewPat``), a PAT's new lifetime (``PatExtension``) and a rotation
+step from its queue (``RotationStep``-carrying ``RotationMessage``). The revocation request has
+its own module's ``RevocationRequest``. A service receives these, never a raw body."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import ClassVar
+from urllib.parse import urlsplit
+
+from shared.foundation import inputs
+from shared.foundation.errors import InputError
+from shared.lifecycle.user_ids import check_user_id
+
+MAX_LIFETIME_DAYS = 365
+_ORG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,49}$")
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class NewLink:
+    FIELDS: ClassVar[frozenset[str]] = frozenset({"app", "user_id", "return_to"})
+    app: str
+    user_id: str
+    return_to: str | None
+
+    @classmethod
+    def parse(cls, body: inputs.Fields) -> NewLink:
+        inputs.only(body, cls.FIELDS)
+        app = inputs.text(body, "app", limit=64, hint="the id of a configured app")
+        return_to = body.get("return_to")
+        if return_to is not None and (
+            not isinstance(return_to, str) or urlsplit(return_to).scheme not in ("http", "https")
+        ):
+            raise InputError("'return_to' must be an absolute http(s) URL")
+        return cls(app=app, user_id=check_user_id(body.get("user_id")), return_to=return_to)
+
+
+def organization(value: object) -> str:
+    if not isinstance(value, str) or not _ORG.match(value):
+        raise InputError("'organization' is required: the Azure DevOps organisation name")
+    return value
+
+
+@dataclass(frozen=True)
+class NewPat:
+    FIELDS: ClassVar[frozenset[str]] = frozenset({
+        "organization", "display_name", "scope", "lifetime_days", "all_orgs",
+        "rotate_before_days", "auto_rotate",
+    })  # fmt: skip
+    organization: str | None  # None: the app's default organisation
+    display_name: str
+    scope: str
+    lifetime_days: int
+    rotate_before_days: int
+    all_orgs: bool
+    auto_rotate: bool
+
+    @classmethod
+    def parse(cls, body: inputs.Fields) -> NewPat:
+        inputs.only(body, cls.FIELDS)
+        org = body.get("organization")
+        lifetime = inputs.whole(body, "lifetime_days", low=1, high=MAX_LIFETIME_DAYS, default=30)
+        return cls(
+            organization=organization(org) if org else None,
+            display_name=inputs.text(body, "display_name", limit=100),
+            scope=inputs.text(body, "scope", limit=1000),
+            lifetime_days=lifetime,
+            rotate_before_days=inputs.whole(
+                body, "rotate_before_days", low=1, high=lifetime, default=min(7, lifetime)
+            ),
+            all_orgs=inputs.flag(body, "all_orgs", default=False),
+            auto_rotate=inputs.flag(body, "auto_rotate", default=True),
+        )
+
+
+@dataclass(frozen=True)
+class PatExtension:
+    FIELDS: ClassVar[frozenset[str]] = frozenset({"extend_days"})
+    extend_days: int
+
+    @classmethod
+    def parse(cls, body: inputs.Fields) -> PatExtension:
+        inputs.only(body, cls.FIELDS)
+        return cls(inputs.whole(body, "extend_days", low=1, high=MAX_LIFETIME_DAYS))
+
+
+@dataclass(frozen=True)
+class RotationMessage:
+    """A message on ``rotation-requests``: run this rotation of this PAT as far as it can go."""
+
+    pat_id: str
+    rotation_id: str
+
+    @classmethod
+    def parse(cls, raw: bytes) -> RotationMessage:
+        try:
+            body = inputs.require_object(json.loads(raw), "a rotation message")
+        except ValueError:
+            raise InputError("a rotation message is JSON") from None
+        ids = [inputs.text(body, name, limit=64) for name in ("pat_id", "rotation_id")]
+        if not all(_ID.match(value) for value in ids):
+            raise InputError("'pat_id' and 'rotation_id' are letters, digits, '_' and '-'")
+        return cls(*ids)
+
+    def encode(self) -> str:
+        return json.dumps({"pat_id": self.pat_id, "rotation_id": self.rotation_id})
