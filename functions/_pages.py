@@ -24,16 +24,27 @@ color:#1b1b1b}}h1{{font-size:1.4rem}}.code{{color:#666;font-size:.85rem}}</style
 """
 
 
-def page(status: int, title: str, message: str, code: str | None = None) -> func.HttpResponse:
+def page(
+    status: int,
+    title: str,
+    message: str,
+    code: str | None = None,
+    set_cookie: str | None = None,
+) -> func.HttpResponse:
     body = _TEMPLATE.format(
         title=html.escape(title),
         message=html.escape(message),
         code=f'<p class="code" id="code">{html.escape(code)}</p>' if code else "",
     )
     return func.HttpResponse(
-        body, status_code=status, mimetype="text/html", charset="utf-8", headers=_HEADERS
+        body,
+        status_code=status,
+        mimetype="text/html",
+        charset="utf-8",
+        headers={**_HEADERS, **({"Set-Cookie": set_cookie} if set_cookie else {})},
     )
 
 
-def redirect(location: str) -> func.HttpResponse:
-    return func.HttpResponse(status_code=302, headers={**_HEADERS, "Location": location})
+def redirect(location: str, set_cookie: str | None = None) -> func.HttpResponse:
+    cookie = {"Set-Cookie": set_cookie} if set_cookie else {}
+    return func.HttpResponse(status_code=302, headers={**_HEADERS, "Location": location, **cookie})

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect
+import requests
+from playwright.sync_api import Page, expect
 
 from shared.storage.tables.connections import Connection
 from tests.peers.browser import chromium_missing, headless_chromium
@@ -40,6 +41,11 @@ def test_a_user_connects_in_a_real_browser(world: World, tmp_path: Path) -> None
         page = browser.new_page()
         page.goto(link)  # devhost 302 -> oidc-provider /auth -> 303 its login page
         assert page.url.startswith(f"{world.oidc.issuer}/interaction/"), page.url
+        bound = [c for c in browser.context.cookies() if c["name"].startswith("ks_bind_")]
+        assert len(bound) == 1  # the sign-in is bound to this browser
+        assert (bound[0]["httpOnly"], bound[0]["sameSite"], bound[0]["path"]) == (
+            True, "Lax", "/api/oauth/",
+        )  # fmt: skip
         page.locator("input[name=login]").fill("browser-user")
         page.locator("input[name=password]").fill("any password will do")
         page.get_by_role("button", name="Sign-in").click()
@@ -48,6 +54,7 @@ def test_a_user_connects_in_a_real_browser(world: World, tmp_path: Path) -> None
         consent.click()
         page.wait_for_url(lambda url: url.startswith(f"{callback}?"))
         expect(page.locator("#title")).to_have_text("Connected")
+        assert not [c for c in browser.context.cookies() if c["name"].startswith("ks_bind_")]
         expect(page.locator("#message")).to_contain_text(f"{APP} is connected for {USER}")
         page.screenshot(path=tmp_path / "connected.png", full_page=True)
         profile = str(browser.profile)
@@ -66,3 +73,32 @@ def test_a_user_connects_in_a_real_browser(world: World, tmp_path: Path) -> None
     assert sealed.startswith("v1.")
     assert sealed != plaintext
     assert plaintext not in repr(raw.data)
+
+
+def sign_in(page: Page) -> None:
+    page.locator("input[name=login]").fill("someone-else")
+    page.locator("input[name=password]").fill("any password will do")
+    page.get_by_role("button", name="Sign-in").click()
+    consent = page.get_by_role("button", name="Continue")
+    expect(consent).to_be_visible()
+    consent.click()
+
+
+def test_a_sign_in_sent_to_another_browser_is_refused_there(world: World, tmp_path: Path) -> None:
+    if reason := chromium_missing():
+        pytest.fail(reason)
+    user = "fixation-owner@contoso.com"
+    # The link's owner takes the provider's URL without a browser and sends it to a colleague.
+    opened = requests.get(world.connect_link(APP, user), allow_redirects=False, timeout=30)
+    authorize = opened.headers["Location"]
+    callback = world.api(f"oauth/{APP}/callback")
+    with headless_chromium() as browser:
+        page = browser.new_page()
+        page.goto(authorize)
+        sign_in(page)
+        page.wait_for_url(lambda url: url.startswith(f"{callback}?"))
+        expect(page.locator("#title")).to_have_text("Could not connect")
+        expect(page.locator("#message")).to_contain_text("the browser that opened the connect")
+        expect(page.locator("#code")).to_have_text("wrong_browser")
+        page.screenshot(path=tmp_path / "wrong-browser.png", full_page=True)
+    assert world.store.read(Connection, APP, user) is None

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
+import requests
 
 from shared.foundation.clock import SystemClock
 from shared.storage.tables.connect_links import OAuthState, digest
@@ -182,6 +183,61 @@ def test_a_state_issued_for_another_app_is_refused(world: World) -> None:
     assert_refused(world, moved, 400, "wrong_app", app="pagerduty-incidents",
                    user="cross@contoso.com")  # fmt: skip
     assert stored(world, "oidc-demo", "cross@contoso.com") is None
+    # The state was not spent by the wrong app's callback: the right one still finishes.
+    assert world.http.get(callback, allow_redirects=False, timeout=30).status_code == 200
+    assert stored(world, "oidc-demo", "cross@contoso.com") is not None
+
+
+def test_opening_a_link_binds_the_sign_in_to_that_browser_with_a_cookie(world: World) -> None:
+    link = world.connect_link("oidc-demo", "cookie@contoso.com")
+    opened = requests.get(link, allow_redirects=False, timeout=30)
+    assert opened.status_code == 302
+    state = state_of(opened.headers["Location"])
+    name, _, attributes = opened.headers["Set-Cookie"].partition(";")
+    cookie_name, _, value = name.partition("=")
+    assert cookie_name == f"ks_bind_{digest(state)[:16]}"
+    assert len(value) >= 43  # 256 bits, url-safe base64
+    parts = {a.strip().split("=")[0].lower(): a.strip() for a in attributes.split(";")}
+    assert parts["max-age"] == "Max-Age=600"  # the state's lifetime
+    assert parts["path"] == "Path=/api/oauth/"  # the callbacks only
+    assert "httponly" in parts
+    assert parts["samesite"] == "SameSite=Lax"  # survives the provider's top-level redirect
+    assert "secure" not in parts  # KEYSTEWARD_PUBLIC_URL is http here
+    row = world.store.read(OAuthState, digest(state), "state")
+    assert row is not None
+    assert row.browser == digest(value)  # only its digest is stored
+    assert value not in str(world.store.get("OAuthStates", digest(state), "state"))
+
+
+def test_a_sign_in_finished_in_another_browser_stores_nothing_and_leaves_the_state(
+    world: World,
+) -> None:
+    # Fixation: the link's owner fetches the authorize URL without a browser and sends it to a
+    # colleague, who signs in and consents in their own browser.
+    user = "fixer@contoso.com"
+    attacker = requests.Session()
+    authorize = attacker.get(world.connect_link("oidc-demo", user), allow_redirects=False,
+                             timeout=30).headers["Location"]  # fmt: skip
+    callback = world.consent("oidc-demo", authorize, "victim")
+    victim = requests.Session()
+    refused = victim.get(callback, allow_redirects=False, timeout=30)
+    assert refused.status_code == 400
+    assert "text/html" in refused.headers["Content-Type"]
+    assert "wrong_browser" in refused.text
+    assert "the browser that opened the connect link" in refused.text
+    assert "Set-Cookie" not in refused.headers
+    assert stored(world, "oidc-demo", user) is None
+    assert "wrong_browser" in audit_reasons(world, f"oidc-demo/{user}")
+    # A forged cookie of the right name does not pass either.
+    guess = {f"ks_bind_{digest(state_of(authorize))[:16]}": "guess"}
+    forged = requests.get(callback, allow_redirects=False, timeout=30, cookies=guess)
+    assert forged.status_code == 400
+    assert stored(world, "oidc-demo", user) is None
+    # The state was not spent: the browser that opened the link can still finish.
+    finished = attacker.get(callback, allow_redirects=False, timeout=30)
+    assert finished.status_code == 200, finished.text
+    assert stored(world, "oidc-demo", user) is not None
+    assert "Max-Age=0" in finished.headers["Set-Cookie"]  # the binding is forgotten
 
 
 def test_a_code_the_provider_refuses_stores_nothing(world: World) -> None:

@@ -88,12 +88,13 @@ def test_make_run_serves_a_walkable_connect_flow_and_stops_cleanly(stack: Stack)
     assert key is not None
     assert link is not None
     # A newcomer opens the link, logs in and consents at the demo server.
-    authorize = requests.get(link.group(1), allow_redirects=False, timeout=10)
+    browser = requests.Session()  # one browser: the link's cookie binds the sign-in to it
+    authorize = browser.get(link.group(1), allow_redirects=False, timeout=10)
     assert authorize.status_code == 302
     demo = OidcServer.demo(stack.state / "oidc", stack.ports["oidc"],
                            f"{base}/api/oauth/demo/callback")  # fmt: skip
     callback = demo.login_and_consent(authorize.headers["Location"], account="dev")
-    done = requests.get(callback, allow_redirects=False, timeout=10)
+    done = browser.get(callback, allow_redirects=False, timeout=10)
     assert done.status_code == 200, done.text
     listed = requests.get(f"{base}/api/connections", timeout=10,
                           headers={"Authorization": f"Bearer {key.group(1)}"})  # fmt: skip

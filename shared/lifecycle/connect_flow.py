@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,7 +34,9 @@ from shared.foundation.errors import (
     ProviderError,
 )
 from shared.foundation.secret import Secret
+from shared.lifecycle.browser_binding import WRONG_BROWSER, WRONG_BROWSER_MESSAGE, BrowserBinding
 from shared.lifecycle.caller_requests import NewLink
+from shared.lifecycle.grant_checks import insufficient_scope, missing_scopes, provider_error
 from shared.lifecycle.grants import take_grant
 from shared.lifecycle.refresh_policy import due_at
 from shared.providers.drivers import Drivers
@@ -50,7 +52,14 @@ from shared.trail.events import CONNECTION_CREATED, CONNECTION_RECOVERED, EventP
 
 LINK_TTL = timedelta(minutes=10)
 STATE_TTL = timedelta(minutes=10)
-_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Started:
+    """Where to send the browser, and the cookie that binds the sign-in to it."""
+
+    url: str
+    set_cookie: str
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,7 @@ class Connect:
         self._clock = clock
         self._public_url = public_url.rstrip("/")
         self._allowed = allowed_return_urls
+        self.binding = BrowserBinding(public_url, STATE_TTL)
 
     def redirect_uri(self, app_id: str) -> str:
         return f"{self._public_url}/api/oauth/{app_id}/callback"
@@ -115,7 +125,7 @@ class Connect:
 
     # -- 2. the redirect to the provider ---------------------------------------------------------
 
-    def start(self, token: str) -> str:
+    def start(self, token: str) -> Started:
         now = self._clock.now()
         link = self._store.read(ConnectLink, digest(token), "link") if token else None
         if link is None:
@@ -135,7 +145,9 @@ class Connect:
                 f"{app.display_name} could not be "
                 f"reached to start the sign-in ({exc.oauth_error}).",
             ) from None
+        binding = self.binding.new(state)
         pending = OAuthState(
+            browser=binding.digest,
             digest=digest(state),
             app=app.id,
             user_id=link.user_id,
@@ -154,21 +166,28 @@ class Connect:
             raise CallbackFailed(
                 404, "unknown_link", "This connect link was already used."
             ) from None
-        return request.url
+        return Started(request.url, binding.set_cookie)
 
     # -- 3. the callback -------------------------------------------------------------------------
 
-    def callback(self, app_id: str, params: dict[str, str]) -> Connected:
+    def callback(
+        self, app_id: str, params: dict[str, str], cookies: Mapping[str, str]
+    ) -> Connected:
         # {app} comes from anyone's URL: only a configured app's id goes into the audit subject
         # (the audit trail refuses oversized or secret-looking ones).
         subject = f"{app_id}/?" if app_id in self._apps else "?/?"
         try:
-            state = self._consume_state(app_id, params.get("state"))
-            subject = f"{app_id}/{state.user_id}"
+            state = self._find_state(params.get("state"))
+            if state.app == app_id:
+                subject = f"{app_id}/{state.user_id}"  # a refusal below is about this user
+            self._spend_state(state, app_id, params.get("state") or "", cookies)
             app = self._app_for(app_id)
-            self._provider_error(app, params)
+            provider_error(app, params)
             grant = self._exchange(app, state, params)
-            self._check_scopes(app, grant)
+            missing = missing_scopes(app, grant)
+            if missing:
+                self._discard(app, grant)
+                raise insufficient_scope(app, missing)
             connected = self._store_connection(app, state, grant)
         except CallbackFailed as failed:
             self._audit.record(
@@ -198,7 +217,7 @@ class Connect:
             )
         return connected
 
-    def _consume_state(self, app_id: str, state: str | None) -> OAuthState:
+    def _find_state(self, state: str | None) -> OAuthState:
         if not state:
             raise CallbackFailed(
                 400,
@@ -214,38 +233,29 @@ class Connect:
                 "This sign-in is unknown, expired or was "
                 "already completed: start again from a new connect link.",
             )
+        return row
+
+    def _spend_state(
+        self, row: OAuthState, app_id: str, state: str, cookies: Mapping[str, str]
+    ) -> None:
+        # Checked before the state is spent: a wrong app or a wrong browser must not stop the
+        # right browser from finishing.
+        if row.app != app_id:
+            raise CallbackFailed(400, "wrong_app", "This sign-in was started for another app.")
+        if not self.binding.presented(state, row.browser, cookies):
+            raise CallbackFailed(400, WRONG_BROWSER, WRONG_BROWSER_MESSAGE)
         try:
             self._store.remove(row)  # single use: a replay finds nothing
         except ConcurrencyConflict:
             raise CallbackFailed(
                 400, "replayed_state", "This sign-in was already completed."
             ) from None
-        if row.app != app_id:
-            raise CallbackFailed(400, "wrong_app", "This sign-in was started for another app.")
         if row.expires_at <= self._clock.now():
             raise CallbackFailed(
                 400,
                 "expired_state",
                 "This sign-in took too long and expired: start again from a new connect link.",
             )
-        return row
-
-    def _provider_error(self, app: App, params: dict[str, str]) -> None:
-        error = params.get("error")
-        if not error:
-            return
-        code = error if _CODE.match(error) else "invalid_error"
-        if code == "access_denied":
-            raise CallbackFailed(
-                403,
-                "access_denied",
-                f"You declined to connect {app.display_name}: nothing was stored.",
-            )
-        raise CallbackFailed(
-            502,
-            f"provider_{code}",
-            f"{app.display_name} answered with an error ({code}); nothing was stored.",
-        )
 
     def _exchange(self, app: App, state: OAuthState, params: dict[str, str]) -> Grant:
         if not params.get("code"):
@@ -266,22 +276,6 @@ class Connect:
                 f"the sign-in ({exc.oauth_error}); nothing was stored. Codes "
                 "are short-lived: start again from a new link.",
             ) from None
-
-    def _check_scopes(self, app: App, grant: Grant) -> None:
-        if not app.provider.scope_check:
-            return
-        granted = set(grant.scopes)
-        missing = [
-            s for s in app.scopes if s not in granted and s not in app.provider.implicit_scopes
-        ]
-        if missing:
-            self._discard(app, grant)
-            raise CallbackFailed(
-                403,
-                "insufficient_scope",
-                f"{app.display_name} granted less than "
-                f"was asked (missing: {' '.join(missing)}); nothing was stored.",
-            )
 
     def _discard(self, app: App, grant: Grant) -> None:
         # A grant we will not keep is revoked where the provider allows, so nothing dangles.

@@ -44,4 +44,7 @@ class OAuthState(Entity):
     created_at: datetime
     expires_at: datetime
     return_to: str | None = None
+    # The digest of the value of the cookie set in the browser that opened the link: only that
+    # browser can finish (RFC 9700 4.7). None on a row written before the binding existed.
+    browser: str | None = None
     kind: str = "state"
