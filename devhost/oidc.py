@@ -195,6 +195,7 @@ class OidcServer:
     authorization_code_ttl: int = 60
     rotate_refresh_token: bool = True
     pkce_required: bool = True
+    entra_claims: bool = False  # answer as Entra does (oid, tid; profile claims in the ID token)
     log: Path | None = None  # node's stderr; default <state_dir>/oidc_server.log
     host: str = "127.0.0.1"
     startup_timeout: float = 30.0
@@ -295,6 +296,7 @@ class OidcServer:
             },
             "rotate_refresh_token": self.rotate_refresh_token,
             "pkce_required": self.pkce_required,
+            "entra_claims": self.entra_claims,
         }
         if self.ca_file is not None:
             config["tls"] = {"cert_file": str(self.ca_file), "key_file": str(self.key_file)}

@@ -7,7 +7,8 @@
 //   path), tls?: {cert_file, key_file}, clients: [{client_id, client_secret, redirect_uris,
 //   grant_types?, token_endpoint_auth_method?}], scopes, ttl?: {access_token, refresh_token,
 //   authorization_code, id_token, interaction, session, grant}, rotate_refresh_token?,
-//   pkce_required?
+//   pkce_required?, entra_claims? (answer as Entra does: oid and tid, and the profile claims
+//   in the ID token itself, where a spec-conforming server puts them only in userinfo)
 //
 // Prints `READY <base url>` on stdout once listening; everything else goes to stderr.
 //
@@ -24,7 +25,7 @@
 //   POST /__control/clear_failures  drop queued failures
 //   POST /__control/ttl             {access_token?, refresh_token?} seconds, for new tokens
 
-import { generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
+import { createHash, generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import * as http from 'node:http';
 import * as https from 'node:https';
@@ -91,17 +92,27 @@ function clientMetadata(client) {
   };
 }
 
+const entraClaims = config.entra_claims ?? false;
+const TENANT = '72f988bf-86f1-41af-91ab-2d7cd011db47';
+
+function objectId(sub) {
+  // A stable GUID-shaped id per account, as Entra's oid is.
+  const hex = createHash('sha256').update(`oid:${sub}`).digest('hex');
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20, 32)}`;
+}
+
 function account(sub) {
   return {
     accountId: sub,
     async claims() {
-      return {
+      const claims = {
         sub,
         name: sub,
         preferred_username: sub,
-        email: `${sub}@example.test`,
+        email: sub.includes('@') ? sub : `${sub}@example.test`,
         email_verified: true,
       };
+      return entraClaims ? { ...claims, oid: objectId(sub), tid: TENANT } : claims;
     },
   };
 }
@@ -112,13 +123,15 @@ const provider = new Provider(config.issuer, {
   clients: (config.clients ?? []).map(clientMetadata),
   scopes: config.scopes ?? ['openid', 'offline_access'],
   claims: {
-    openid: ['sub'],
+    openid: entraClaims ? ['sub', 'oid', 'tid'] : ['sub'],
     profile: ['name', 'preferred_username'],
     email: ['email', 'email_verified'],
   },
   // Authorization code flow only: discovery then advertises no implicit grant.
   responseTypes: ['code'],
   findAccount: (_ctx, sub) => account(sub),
+  // Entra puts the profile claims in the ID token; oidc-provider, as the spec says, in userinfo.
+  conformIdTokenClaims: !entraClaims,
   jwks: { keys: [signingKey()] },
   cookies: { keys: [randomBytes(32).toString('base64url')] },
   features: {

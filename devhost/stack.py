@@ -124,7 +124,9 @@ def _demo_apps(state: Path, issuer: str) -> Path:
         f"    issuer: {issuer}\n"
         "    client_id: keysteward-demo\n"
         f"    client_secret: ${{{DEMO_SECRET_SETTING}}}\n"
-        "    scopes: [openid, offline_access, api.read]\n"
+        "    scopes: [openid, offline_access, profile, api.read]\n"
+        "    # Only the account the link names may connect (sign in as that user id).\n"
+        "    identity: {claim: preferred_username, match: casefold}\n"
     )
     return path
 
@@ -254,8 +256,9 @@ Keysteward is running with development defaults (state in {state})
 """)
     if demo:
         link = _connect_link(args.port, key)
-        print(f"""  Demo OAuth server  {servers[0].issuer}   (any login and password work)
-  Connect link for user {DEMO_USER} (open it in a browser; one use, 10 minutes):
+        print(f"""  Demo OAuth server  {servers[0].issuer}   (any password works)
+  Connect link for user {DEMO_USER} (open it in a browser, log in as {DEMO_USER} with any
+  password; one use, 10 minutes):
     {link}
   Then:  curl -H "Authorization: Bearer {key}" {public_url}/api/connections
 """)

@@ -46,7 +46,7 @@ def test_a_user_connects_in_a_real_browser(world: World, tmp_path: Path) -> None
         assert (bound[0]["httpOnly"], bound[0]["sameSite"], bound[0]["path"]) == (
             True, "Lax", "/api/oauth/",
         )  # fmt: skip
-        page.locator("input[name=login]").fill("browser-user")
+        page.locator("input[name=login]").fill(USER)  # the account the link names
         page.locator("input[name=password]").fill("any password will do")
         page.get_by_role("button", name="Sign-in").click()
         consent = page.get_by_role("button", name="Continue")  # the consent form
@@ -75,8 +75,8 @@ def test_a_user_connects_in_a_real_browser(world: World, tmp_path: Path) -> None
     assert plaintext not in repr(raw.data)
 
 
-def sign_in(page: Page) -> None:
-    page.locator("input[name=login]").fill("someone-else")
+def sign_in(page: Page, login: str = "someone-else") -> None:
+    page.locator("input[name=login]").fill(login)
     page.locator("input[name=password]").fill("any password will do")
     page.get_by_role("button", name="Sign-in").click()
     consent = page.get_by_role("button", name="Continue")
@@ -102,3 +102,25 @@ def test_a_sign_in_sent_to_another_browser_is_refused_there(world: World, tmp_pa
         expect(page.locator("#code")).to_have_text("wrong_browser")
         page.screenshot(path=tmp_path / "wrong-browser.png", full_page=True)
     assert world.store.read(Connection, APP, user) is None
+
+
+def test_a_sign_in_with_another_account_is_refused(world: World, tmp_path: Path) -> None:
+    if reason := chromium_missing():
+        pytest.fail(reason)
+    user = "expected-user@contoso.com"
+    callback = world.api(f"oauth/{APP}/callback")
+    with headless_chromium() as browser:
+        page = browser.new_page()
+        page.goto(world.connect_link(APP, user))  # the right browser, the wrong account
+        sign_in(page, "someone-else@contoso.com")
+        page.wait_for_url(lambda url: url.startswith(f"{callback}?"))
+        expect(page.locator("#title")).to_have_text("Could not connect")
+        message = page.locator("#message")
+        expect(message).to_contain_text("as someone-else@contoso.com, but this link is for")
+        expect(message).to_contain_text(f"sign in as {user}")
+        expect(page.locator("#code")).to_have_text("identity_mismatch")
+        page.screenshot(path=tmp_path / "wrong-account.png", full_page=True)
+    assert world.store.read(Connection, APP, user) is None
+    assert [
+        e.detail["signed_in"] for e in world.audit(f"{APP}/{user}", "connect.identity_mismatch")
+    ] == ["someone-else@contoso.com"]

@@ -95,12 +95,12 @@ def test_the_provider_saw_the_documented_request_shapes(world: World) -> None:
 
 def test_return_to_is_followed_only_when_allowed(world: World) -> None:
     link = world.connect_link("oidc-demo", "erin@contoso.com", return_to=RETURN_URL)
-    callback = world.consent("oidc-demo", world.authorize_url(link), "erin")
+    callback = world.consent("oidc-demo", world.authorize_url(link), "erin@contoso.com")
     response = world.http.get(callback, allow_redirects=False, timeout=30)
     assert response.status_code == 302
     assert response.headers["Location"].startswith(f"{RETURN_URL}?status=connected")
     link = world.connect_link("oidc-demo", "frank@contoso.com", return_to="https://evil.example/x")
-    callback = world.consent("oidc-demo", world.authorize_url(link), "frank")
+    callback = world.consent("oidc-demo", world.authorize_url(link), "frank@contoso.com")
     response = world.http.get(callback, allow_redirects=False, timeout=30)
     assert response.status_code == 200  # a plain page, never an open redirect
     assert "evil.example" not in response.text
@@ -158,7 +158,7 @@ def test_a_missing_or_unknown_state_is_refused(world: World, case: str) -> None:
 
 def test_a_replayed_callback_is_refused(world: World) -> None:
     authorize = world.authorize_url(world.connect_link("oidc-demo", "replay@contoso.com"))
-    callback = world.consent("oidc-demo", authorize, "replay")
+    callback = world.consent("oidc-demo", authorize, "replay@contoso.com")
     assert world.http.get(callback, allow_redirects=False, timeout=30).status_code == 200
     again = world.http.get(callback, allow_redirects=False, timeout=30)
     assert again.status_code == 400
@@ -172,13 +172,13 @@ def test_an_expired_state_is_refused(world: World) -> None:
     assert row is not None
     row.expires_at = datetime.now(UTC) - timedelta(seconds=1)  # ten minutes went by
     world.store.save(row)
-    callback = world.consent("oidc-demo", authorize, "late")
+    callback = world.consent("oidc-demo", authorize, "late@contoso.com")
     assert_refused(world, callback, 400, "expired_state", app="oidc-demo", user="late@contoso.com")
 
 
 def test_a_state_issued_for_another_app_is_refused(world: World) -> None:
     authorize = world.authorize_url(world.connect_link("oidc-demo", "cross@contoso.com"))
-    callback = world.consent("oidc-demo", authorize, "cross")
+    callback = world.consent("oidc-demo", authorize, "cross@contoso.com")
     moved = callback.replace("/oauth/oidc-demo/", "/oauth/pagerduty-incidents/")
     assert_refused(world, moved, 400, "wrong_app", app="pagerduty-incidents",
                    user="cross@contoso.com")  # fmt: skip
@@ -218,7 +218,8 @@ def test_a_sign_in_finished_in_another_browser_stores_nothing_and_leaves_the_sta
     attacker = requests.Session()
     authorize = attacker.get(world.connect_link("oidc-demo", user), allow_redirects=False,
                              timeout=30).headers["Location"]  # fmt: skip
-    callback = world.consent("oidc-demo", authorize, "victim")
+    # (Signed in as the link's user, so the last step shows the right browser can finish.)
+    callback = world.consent("oidc-demo", authorize, user)
     victim = requests.Session()
     refused = victim.get(callback, allow_redirects=False, timeout=30)
     assert refused.status_code == 400
@@ -242,7 +243,7 @@ def test_a_sign_in_finished_in_another_browser_stores_nothing_and_leaves_the_sta
 
 def test_a_code_the_provider_refuses_stores_nothing(world: World) -> None:
     authorize = world.authorize_url(world.connect_link("pagerduty-incidents", "slow@contoso.com"))
-    callback = world.consent("pagerduty-incidents", authorize, "slow")
+    callback = world.consent("pagerduty-incidents", authorize, "slow@contoso.com")
     world.pagerduty.advance(31)  # PagerDuty codes live 30 seconds
     assert_refused(world, callback, 502, "code_exchange_failed", app="pagerduty-incidents",
                    user="slow@contoso.com")  # fmt: skip

@@ -93,7 +93,7 @@ def test_make_run_serves_a_walkable_connect_flow_and_stops_cleanly(stack: Stack)
     assert authorize.status_code == 302
     demo = OidcServer.demo(stack.state / "oidc", stack.ports["oidc"],
                            f"{base}/api/oauth/demo/callback")  # fmt: skip
-    callback = demo.login_and_consent(authorize.headers["Location"], account="dev")
+    callback = demo.login_and_consent(authorize.headers["Location"], account="dev@example.com")
     done = browser.get(callback, allow_redirects=False, timeout=10)
     assert done.status_code == 200, done.text
     listed = requests.get(f"{base}/api/connections", timeout=10,

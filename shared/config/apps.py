@@ -33,13 +33,30 @@ APP_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 _REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _ENDPOINTS = (
     "issuer", "authority", "oidc_authority", "authorize_url", "token_url", "revoke_url",
-    "pat_api_url", "devops_url",
+    "pat_api_url", "devops_url", "profile_url",
 )  # fmt: skip
 _FIELDS = {
     "provider", "client_id", "client_secret", "scopes", "client_secret_expires_at", "tenant",
     "client_auth", "prompt", "revocation", "display_name", "extra_authorize_params",
-    "organization", "pat_api_version", *_ENDPOINTS,
+    "organization", "pat_api_version", "identity", *_ENDPOINTS,
 }  # fmt: skip
+IDENTITY_CLAIMS = ("email", "preferred_username", "upn", "sub", "login")
+IDENTITY_MATCHES = ("casefold", "exact")
+
+
+@dataclass(frozen=True)
+class IdentityPolicy:
+    """Which claim of the signed-in identity must name the link's user id, and how they compare."""
+
+    claim: str
+    match: str = "casefold"
+
+    def accepts(self, value: str | None, user_id: str) -> bool:
+        if not value:
+            return False
+        if self.match == "exact":
+            return value == user_id
+        return value.casefold() == user_id.casefold()
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,8 @@ class App:
     pat_api_url: str | None = None
     devops_url: str | None = None
     pat_api_version: str | None = None
+    profile_url: str | None = None
+    identity: IdentityPolicy | None = None
     client_auth: str | None = None
     prompt: str | None = None
     revocation: bool | None = None
@@ -133,6 +152,11 @@ def _app(app_id: str, spec: Any, env: Mapping[str, str], source: str) -> App:
     revocation = spec.get("revocation")
     if revocation is not None and not isinstance(revocation, bool):
         raise SettingsError(f"{where}: 'revocation' is true or false")
+    scopes = _scopes(spec.get("scopes"), where)
+    identity = _identity(spec.get("identity"), where)
+    if identity and provider.discovery and "openid" not in scopes:
+        # Without an ID token nothing says who signed in, and every sign-in would be refused.
+        raise SettingsError(f"{where}: an 'identity' policy needs the 'openid' scope")
     extra = spec.get("extra_authorize_params") or {}
     if not isinstance(extra, dict) or not all(isinstance(v, str) for v in extra.values()):
         raise SettingsError(f"{where}: 'extra_authorize_params' maps names to strings")
@@ -141,7 +165,7 @@ def _app(app_id: str, spec: Any, env: Mapping[str, str], source: str) -> App:
         provider=provider,
         client_id=_resolve(fields.text("client_id", True) or "", env, f"{where}: 'client_id'"),
         client_secret=_secret(fields.text("client_secret", True) or "", env, where),
-        scopes=_scopes(spec.get("scopes"), where),
+        scopes=scopes,
         display_name=fields.text("display_name") or app_id,
         client_auth=client_auth,
         prompt=fields.text("prompt"),
@@ -150,6 +174,7 @@ def _app(app_id: str, spec: Any, env: Mapping[str, str], source: str) -> App:
         pat_api_version=fields.text("pat_api_version"),
         client_secret_expires_at=_expiry(spec.get("client_secret_expires_at"), where),
         extra_authorize_params=tuple(sorted((str(k), v) for k, v in extra.items())),
+        identity=identity,
         **_endpoints(fields, provider, where),
     )
 
@@ -212,6 +237,21 @@ def _endpoints(fields: _Fields, provider: Provider, where: str) -> dict[str, str
     if provider.discovery and not endpoints["issuer"] and not endpoints["token_url"]:
         raise SettingsError(f"{where}: an {provider.name} app needs 'issuer' (or 'token_url')")
     return endpoints
+
+
+def _identity(spec: Any, where: str) -> IdentityPolicy | None:
+    if spec is None:
+        return None
+    hint = (
+        f"{where}: 'identity' is {{claim: {' | '.join(IDENTITY_CLAIMS)}, "
+        f"match: {' | '.join(IDENTITY_MATCHES)}}}"
+    )
+    if not isinstance(spec, dict) or set(spec) - {"claim", "match"}:
+        raise SettingsError(hint)
+    claim, match = spec.get("claim"), spec.get("match", "casefold")
+    if claim not in IDENTITY_CLAIMS or match not in IDENTITY_MATCHES:
+        raise SettingsError(hint)
+    return IdentityPolicy(claim, match)
 
 
 def _resolve(value: str, env: Mapping[str, str], where: str) -> str:

@@ -38,6 +38,9 @@ class Provider:
     authorize_url: str | None = None
     token_url: str | None = None
     revoke_url: str | None = None
+    identity_subject: tuple[str, ...] = ("sub",)
+    identity_login: tuple[str, ...] = ("preferred_username", "email")
+    profile_url: str | None = None
 
 
 def parse(data: Any, source: str = "providers.yaml") -> dict[str, Provider]:
@@ -53,6 +56,7 @@ _KNOWN = {
     "display_name", "driver", "discovery", "pkce", "client_auth", "scope_separator",
     "refresh_rotates", "revocation", "scope_check", "implicit_scopes", "refresh_margin",
     "keepalive_days", "authority", "authorize_url", "token_url", "revoke_url",
+    "identity_subject", "identity_login", "profile_url",
 }  # fmt: skip
 _PKCE = ("S256", "none")
 S = TypeVar("S", bound=str)
@@ -118,6 +122,9 @@ def _provider(name: str, spec: Any, source: str) -> Provider:
         authorize_url=f.field("authorize_url", str, None),
         token_url=f.field("token_url", str, None),
         revoke_url=f.field("revoke_url", str, None),
+        identity_subject=tuple(f.field("identity_subject", list)),
+        identity_login=tuple(f.field("identity_login", list)),
+        profile_url=f.field("profile_url", str, None),
     )
 
 

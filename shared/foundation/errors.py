@@ -94,10 +94,13 @@ class WebhookVerificationError(KeystewardError):
 class CallbackFailed(KeystewardError):
     """A connect step failed; ``status`` and ``message`` are for the user's browser."""
 
-    def __init__(self, status: int, error: str, message: str) -> None:
+    def __init__(
+        self, status: int, error: str, message: str, detail: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.error = error
+        self.detail = detail or {}  # for the audit row: never a secret
 
 
 class RefreshUnavailable(KeystewardError):

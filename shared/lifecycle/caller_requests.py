@@ -22,10 +22,14 @@ _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 @dataclass(frozen=True)
 class NewLink:
-    FIELDS: ClassVar[frozenset[str]] = frozenset({"app", "user_id", "return_to"})
+    FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"app", "user_id", "return_to", "allow_identity_change"}
+    )
     app: str
     user_id: str
     return_to: str | None
+    # A reconnect may bring another account at the provider (a user who changed accounts).
+    allow_identity_change: bool = False
 
     @classmethod
     def parse(cls, body: inputs.Fields) -> NewLink:
@@ -36,7 +40,12 @@ class NewLink:
             not isinstance(return_to, str) or urlsplit(return_to).scheme not in ("http", "https")
         ):
             raise InputError("'return_to' must be an absolute http(s) URL")
-        return cls(app=app, user_id=check_user_id(body.get("user_id")), return_to=return_to)
+        return cls(
+            app=app,
+            user_id=check_user_id(body.get("user_id")),
+            return_to=return_to,
+            allow_identity_change=inputs.flag(body, "allow_identity_change", default=False),
+        )
 
 
 def organization(value: object) -> str:

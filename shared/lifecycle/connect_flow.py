@@ -36,10 +36,19 @@ from shared.foundation.errors import (
 from shared.foundation.secret import Secret
 from shared.lifecycle.browser_binding import WRONG_BROWSER, WRONG_BROWSER_MESSAGE, BrowserBinding
 from shared.lifecycle.caller_requests import NewLink
-from shared.lifecycle.grant_checks import insufficient_scope, missing_scopes, provider_error
+from shared.lifecycle.grant_checks import (
+    IDENTITY_MISMATCH,
+    changed_account,
+    identity_changed,
+    insufficient_scope,
+    missing_scopes,
+    provider_error,
+    wrong_account,
+)
 from shared.lifecycle.grants import take_grant
 from shared.lifecycle.refresh_policy import due_at
 from shared.providers.drivers import Drivers
+from shared.providers.identity import Identity
 from shared.providers.oauth import Grant, new_state
 from shared.storage.retry import on_conflict
 from shared.storage.store import Store
@@ -48,7 +57,12 @@ from shared.storage.tables.connect_links import ConnectLink, OAuthState, digest
 from shared.storage.tables.connections import Connection, ConnectionStore, Status
 from shared.storage.tables.schedule import Schedule
 from shared.trail.audit import AuditLog
-from shared.trail.events import CONNECTION_CREATED, CONNECTION_RECOVERED, EventPublisher
+from shared.trail.events import (
+    CONNECTION_CREATED,
+    CONNECTION_RECONNECTED,
+    CONNECTION_RECOVERED,
+    EventPublisher,
+)
 
 LINK_TTL = timedelta(minutes=10)
 STATE_TTL = timedelta(minutes=10)
@@ -67,6 +81,7 @@ class Connected:
     connection: Connection
     event: str | None
     redirect_to: str | None
+    identity_changed: bool = False
 
 
 class Connect:
@@ -114,6 +129,7 @@ class Connect:
             created_at=now,
             expires_at=now + LINK_TTL,
             return_to=return_to,
+            allow_identity_change=request.allow_identity_change,
         )
         self._store.create(link)
         self._audit.record(actor, "connect.link_created", f"{app_id}/{user}")
@@ -157,6 +173,7 @@ class Connect:
             created_at=now,
             expires_at=now + STATE_TTL,
             return_to=link.return_to,
+            allow_identity_change=link.allow_identity_change,
         )
         self._store.create(pending)
         try:
@@ -185,37 +202,48 @@ class Connect:
             provider_error(app, params)
             grant = self._exchange(app, state, params)
             missing = missing_scopes(app, grant)
-            if missing:
+            refused = insufficient_scope(app, missing) if missing else None
+            refused = refused or wrong_account(app, grant, state.user_id)
+            if refused:
                 self._discard(app, grant)
-                raise insufficient_scope(app, missing)
+                raise refused
             connected = self._store_connection(app, state, grant)
         except CallbackFailed as failed:
             self._audit.record(
                 "user:browser",
-                "connection.connect_failed",
+                "connect.identity_mismatch"
+                if failed.error == IDENTITY_MISMATCH
+                else "connection.connect_failed",
                 subject,
                 outcome=AuditOutcome.FAILURE,
-                detail={"reason": failed.error},
+                detail={"reason": failed.error, **failed.detail},
             )
             raise
+        self._announce(app, subject, connected)
+        return connected
+
+    def _announce(self, app: App, subject: str, connected: Connected) -> None:
+        connection = connected.connection
         self._audit.record(
             "user:browser",
             "connection.connected",
             subject,
-            detail={"scopes": connected.connection.scopes, "event": connected.event},
-        )
+            detail={"scopes": connection.scopes, "event": connected.event,
+                    "identity_changed": connected.identity_changed},
+        )  # fmt: skip
         if connected.event:
             self._events.publish(
                 connected.event,
                 subject,
                 {
                     "app": app.id,
-                    "user_id": state.user_id,
+                    "user_id": connection.user_id,
                     "provider": app.provider.name,
-                    "scopes": connected.connection.scopes,
+                    "scopes": connection.scopes,
+                    "identity": connection.identity,
+                    "identity_changed": connected.identity_changed,
                 },
             )
-        return connected
 
     def _find_state(self, state: str | None) -> OAuthState:
         if not state:
@@ -292,9 +320,17 @@ class Connect:
                 status=Status.ACTIVE, scopes=list(grant.scopes), created_at=now, updated_at=now,
                 connected_at=now, redirect_uri=state.redirect_uri,
             )  # fmt: skip
+            recorded = Identity.recorded(existing.identity) if existing else None
+            refused = changed_account(app, recorded, grant, state.allow_identity_change)
+            if refused:
+                self._discard(app, grant)
+                raise refused
             event = (
-                CONNECTION_CREATED if existing is None else _EVENT_ON_RECONNECT.get(existing.status)
+                CONNECTION_CREATED
+                if existing is None
+                else _EVENT_ON_RECONNECT.get(existing.status, CONNECTION_RECONNECTED)
             )
+            changed = identity_changed(recorded, grant)
             _reconnected(connection, grant, state, now)
             old_bucket = connection.schedule_bucket
             # The index row first: a crash leaves a row the sweep drops, never an unswept grant.
@@ -308,7 +344,9 @@ class Connect:
                 raise ConcurrencyConflict("the connection was created meanwhile") from None
             if old_bucket and old_bucket != connection.schedule_bucket:
                 self._schedule.drop(old_bucket, app.id, state.user_id)
-            return Connected(connection, event, self._return_url(state.return_to, connection))
+            return Connected(
+                connection, event, self._return_url(state.return_to, connection), changed
+            )
 
         try:
             return on_conflict(attempt, what=f"the connection '{app.id}/{state.user_id}'")

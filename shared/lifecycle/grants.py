@@ -18,7 +18,6 @@ def grant_of(connection: Connection) -> Grant:
         scopes=tuple(connection.scopes),
         msal_cache=connection.msal_cache,
         msal_account=connection.msal_account,
-        subject=connection.subject,
         extra={"redirect_uri": connection.redirect_uri},
     )
 
@@ -31,7 +30,8 @@ def take_grant(connection: Connection, grant: Grant, now: datetime) -> None:
     connection.refresh_token = grant.refresh_token or connection.refresh_token
     connection.msal_cache = grant.msal_cache or connection.msal_cache
     connection.msal_account = grant.msal_account or connection.msal_account
-    connection.subject = grant.subject or connection.subject
+    if grant.identity is not None:
+        connection.identity = grant.identity.public()
     if grant.scopes:
         connection.scopes = list(grant.scopes)
     connection.updated_at = now

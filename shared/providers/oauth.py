@@ -18,6 +18,7 @@ import requests.auth
 
 from shared.foundation.errors import GrantInvalid, ProviderError, ProviderUnavailable
 from shared.foundation.secret import Secret
+from shared.providers.identity import Identity
 
 # OAuth errors that mean the grant itself is dead: only a new consent brings it back.
 PERMANENT = frozenset({"invalid_grant", "unauthorized_client", "interaction_required",
@@ -35,7 +36,7 @@ class Grant:
     scopes: tuple[str, ...]
     msal_cache: Secret | None = None
     msal_account: str | None = None
-    subject: str | None = None
+    identity: Identity | None = None  # who signed in, when the provider says (connect only)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -103,7 +104,7 @@ def token_request(
 ) -> dict[str, Any]:
     """POST a form to a token endpoint; the JSON answer, or the fitting ``ProviderError``."""
     response = _post_form(session, url, data, auth=auth, what=what)
-    body = _json(response)
+    body = response_json(response)
     if response.status_code == 200 and isinstance(body, dict):
         return body
     raise classify(response, body, what)
@@ -119,7 +120,7 @@ def revocation_request(
     """RFC 7009: 200 means revoked (or already unknown), whatever the body says."""
     response = _post_form(session, url, data, auth=auth, what="revocation")
     if response.status_code != 200:
-        raise classify(response, _json(response), "revocation")
+        raise classify(response, response_json(response), "revocation")
 
 
 def _post_form(
@@ -152,7 +153,7 @@ def _basic(auth: tuple[str, str]) -> requests.auth.HTTPBasicAuth:
     return requests.auth.HTTPBasicAuth(quote_plus(auth[0]), quote_plus(auth[1]))
 
 
-def _json(response: requests.Response) -> Any:
+def response_json(response: requests.Response) -> Any:
     try:
         return response.json()
     except ValueError:

@@ -34,6 +34,7 @@ WEBHOOK_QUEUE = "webhook-deliveries"
 
 CONNECTION_CREATED = "keysteward.connection.created"
 CONNECTION_RECOVERED = "keysteward.connection.recovered"
+CONNECTION_RECONNECTED = "keysteward.connection.reconnected"
 CONNECTION_NEEDS_REAUTH = "keysteward.connection.needs_reauth"
 CREDENTIAL_ROTATED = "keysteward.credential.rotated"
 CREDENTIAL_REVOKED = "keysteward.credential.revoked"
@@ -43,6 +44,7 @@ REVOCATION_COMPLETED = "keysteward.revocation.completed"
 EVENT_TYPES = (
     CONNECTION_CREATED,
     CONNECTION_RECOVERED,
+    CONNECTION_RECONNECTED,
     CONNECTION_NEEDS_REAUTH,
     CREDENTIAL_ROTATED,
     CREDENTIAL_REVOKED,

@@ -48,6 +48,7 @@ class _Code:
     scope: str
     issued_at: float
     grant_id: str
+    profile: dict[str, Any]  # who was signed in when the code was issued
     used: bool = False
 
 
@@ -88,6 +89,7 @@ class AzureDevOpsOAuthFake(FakeServer):
         )
         self._retired: dict[str, str] = {}  # regenerated secret -> client_id
         self._codes: dict[str, _Code] = {}
+        self._profiles: dict[str, dict[str, Any]] = {}  # grant id -> the profile that consented
         self._deny = 0
 
     # -- test controls ---------------------------------------------------------------------------
@@ -96,6 +98,15 @@ class AzureDevOpsOAuthFake(FakeServer):
         """The next ``count`` authorizations are refused by the user (no code comes back)."""
         with self._lock:
             self._deny += count
+
+    def sign_in(self, email: str) -> dict[str, Any]:
+        """The browser's Azure DevOps session now belongs to ``email``: the next authorizations
+        are that user's consent, and the profile API answers with that user's profile."""
+        profile_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"ado:{email}"))
+        with self._lock:
+            self.profile = {**self.profile, "id": profile_id, "publicAlias": profile_id,
+                            "emailAddress": email, "displayName": email}  # fmt: skip
+            return dict(self.profile)
 
     def regenerate_secret(self, client_id: str) -> str:
         """A new app secret. providers.md §2: the old secret AND every token made with it die."""
@@ -170,7 +181,9 @@ class AzureDevOpsOAuthFake(FakeServer):
                 with_query(app.redirect_uri, {"error": "access_denied", **state})
             )
         code = jwt({"aui": str(uuid.uuid4()), "appid": app.client_id, "scp": q["scope"]})
-        self._codes[code] = _Code(app.client_id, q["scope"], self.now(), secrets.token_hex(8))
+        self._codes[code] = _Code(
+            app.client_id, q["scope"], self.now(), secrets.token_hex(8), dict(self.profile)
+        )
         return Response.redirect(with_query(app.redirect_uri, {"code": code, **state}))
 
     def _page(self, r: Incoming, reason: str) -> Refusal:
@@ -227,6 +240,7 @@ class AzureDevOpsOAuthFake(FakeServer):
         if self.now() - code.issued_at > self.code_ttl:
             raise self._error(r, 400, "invalid_grant", "code expired")
         code.used = True
+        self._profiles[code.grant_id] = code.profile
         return self._issue(app, code.scope, code.grant_id, CODE_GRANT)
 
     def _refresh(self, r: Incoming, app: AzureDevOpsApp) -> Response:
@@ -249,7 +263,8 @@ class AzureDevOpsOAuthFake(FakeServer):
     def _issue(self, app: AzureDevOpsApp, scope: str, grant_id: str, grant_type: str) -> Response:
         now = int(self.now())
         claims = {"aud": ISSUER, "iss": ISSUER, "appid": app.client_id, "scp": scope}
-        access = jwt({**claims, "nameid": self.profile["id"], "nbf": now})
+        profile = self._profiles.get(grant_id, self.profile)
+        access = jwt({**claims, "nameid": profile["id"], "nbf": now})
         refresh = jwt({**claims, "grant": grant_id, "nbf": now, "jti": str(uuid.uuid4())})
         for kind, value, ttl in (
             ("access", access, self.expires_in),
@@ -295,7 +310,8 @@ class AzureDevOpsOAuthFake(FakeServer):
             return self._unauthorized()
         if self._tokens.state(value) is not TokenState.ACTIVE:
             return self._unauthorized()  # §2: after revocation, API calls return 401
-        return Response.json(200, self.profile)
+        # Azure DevOps REST "Profiles - Get": the profile of the user the token belongs to.
+        return Response.json(200, self._profiles.get(token.grant_id, self.profile))
 
     @staticmethod
     def _unauthorized() -> Response:

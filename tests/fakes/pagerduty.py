@@ -6,6 +6,7 @@ silent the choice is marked UNCONFIRMED. The REST API host is served from the sa
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import time
@@ -39,6 +40,7 @@ class _Code:
     scope: str  # what was granted, "openid ..." (recorded with the code, §4)
     issued_at: float
     grant_id: str
+    user: dict[str, Any]  # who was signed in at PagerDuty when the code was issued
     used: bool = False
 
 
@@ -81,6 +83,7 @@ class PagerDutyFake(FakeServer):
             }
         )
         self._codes: dict[str, _Code] = {}
+        self._users: dict[str, dict[str, Any]] = {}  # grant id -> the user who consented
         self._deny = 0
 
     # -- test controls ---------------------------------------------------------------------------
@@ -89,6 +92,14 @@ class PagerDutyFake(FakeServer):
         """The next ``count`` authorizations are refused by the user (``error=access_denied``)."""
         with self._lock:
             self._deny += count
+
+    def sign_in(self, email: str) -> dict[str, Any]:
+        """The browser's PagerDuty session now belongs to ``email`` (a user of the account): the
+        next authorizations are that user's consent, and their ID tokens name that user."""
+        user_id = "P" + hashlib.sha256(email.encode()).hexdigest()[:6].upper()
+        with self._lock:
+            self.user = {**self.user, "id": user_id, "email": email, "name": email}
+            return dict(self.user)
 
     def revoke_all(self, client_id: str | None = None) -> int:
         """The app UI's "Revoke All Tokens" (§4): every token of the app (or of all apps) dies."""
@@ -164,6 +175,7 @@ class PagerDutyFake(FakeServer):
             self._grant_scope(r, q.get("scope", "")),
             self.now(),
             secrets.token_hex(8),
+            dict(self.user),
         )
         return Response.redirect(with_query(app.redirect_uri, {"code": code, **state}))
 
@@ -241,6 +253,7 @@ class PagerDutyFake(FakeServer):
         if not hmac.compare_digest(s256(verifier), code.challenge):
             raise self._error(r, 400, "invalid_grant", "code_verifier does not match challenge")
         code.used = True
+        self._users[code.grant_id] = code.user
         return self._issue(app, code.scope, code.grant_id, "authorization_code")
 
     def _refresh(self, r: Incoming, app: PagerDutyApp) -> Response:
@@ -274,15 +287,16 @@ class PagerDutyFake(FakeServer):
             )
         self.grants[grant_type] += 1
         now = int(self.now())
+        user = self._users.get(grant_id, self.user)
         body = {
             # UNCONFIRMED: the contents of client_info and id_token; only their presence is §4.
-            "client_info": b64url(f'{{"uid":"{self.user["id"]}","utid":"acme"}}'.encode()),
+            "client_info": b64url(f'{{"uid":"{user["id"]}","utid":"acme"}}'.encode()),
             "id_token": jwt(
                 {
                     "iss": f"{self.url}/global/oauth/anonymous",
                     "aud": app.client_id,
-                    "sub": self.user["id"],
-                    "email": self.user.get("email"),
+                    "sub": user["id"],
+                    "email": user.get("email"),
                     "iat": now,
                     "exp": now + self.expires_in,
                 }
@@ -349,7 +363,7 @@ class PagerDutyFake(FakeServer):
             # §4: 403 for a missing scope. UNCONFIRMED: whether these fields nest in "error".
             error = {"message": "Token missing required scopes", "required_scopes": "users.read"}
             return Response.json(403, {"error": error})
-        return Response.json(200, {"user": self.user})
+        return Response.json(200, {"user": self._users.get(token.grant_id, self.user)})
 
     @staticmethod
     def _rest_error(status: int, message: str, code: int) -> Response:

@@ -140,12 +140,14 @@ class World:
 
     def consent(self, app: str, authorize_url: str, account: str) -> str:
         """The provider's redirect back to Keysteward, after the user consents."""
-        if app == "oidc-demo":
+        if app.startswith("oidc-"):
             return self.oidc.login_and_consent(authorize_url, account=account)
         if app == "entra-demo":
             return self.entra_op.login_and_consent(authorize_url, account=account)
         if app.startswith("pagerduty"):
+            self.pagerduty.sign_in(account)
             return self.pagerduty.authorize_redirect(authorize_url)
+        self.ado.sign_in(account)
         return self.ado.authorize_redirect(authorize_url)
 
     def connect(self, app: str, user_id: str, account: str | None = None) -> requests.Response:
@@ -186,13 +188,16 @@ def running_world(
         oidc = OidcServer(
             directory / "oidc",
             clients=[OidcClient("oidc-demo-client", SECRETS["OIDC_DEMO_SECRET"],
-                                [callback("oidc-demo")])],
+                                [callback("oidc-demo")]),
+                     OidcClient("oidc-open-client", SECRETS["OIDC_DEMO_SECRET"],
+                                [callback("oidc-open")])],
         ).start()  # fmt: skip
         stack.callback(oidc.stop)
         entra_op = OidcServer(
             directory / "entra",
             https=True,
             mount_path="/op",
+            entra_claims=True,
             clients=[OidcClient("entra-demo-client", SECRETS["ENTRA_DEMO_SECRET"],
                                 [callback("entra-demo")])],
         ).start()  # fmt: skip
@@ -224,12 +229,20 @@ def running_world(
                 "oidc-demo": {
                     "provider": "oidc", "issuer": oidc.issuer, "client_id": "oidc-demo-client",
                     "client_secret": "${OIDC_DEMO_SECRET}",
-                    "scopes": ["openid", "offline_access", "api.read"],
+                    "scopes": ["openid", "offline_access", "profile", "api.read"],
+                    "identity": {"claim": "preferred_username", "match": "casefold"},
+                },
+                # No identity policy: whoever signs in is recorded, and only a reconnect checks.
+                "oidc-open": {
+                    "provider": "oidc", "issuer": oidc.issuer, "client_id": "oidc-open-client",
+                    "client_secret": "${OIDC_DEMO_SECRET}",
+                    "scopes": ["openid", "offline_access", "email", "api.read"],
                 },
                 "entra-demo": {
                     "provider": "entra", "oidc_authority": entra_op.issuer,
                     "client_id": "entra-demo-client", "client_secret": "${ENTRA_DEMO_SECRET}",
                     "scopes": ["api.read"], "prompt": "consent",
+                    "identity": {"claim": "preferred_username"},
                     "organization": "contoso", "pat_api_url": ado_pats.url,
                     "devops_url": ado_pats.url,
                     # Expiring soon, whatever the day the suite runs.
@@ -245,6 +258,7 @@ def running_world(
                     "revoke_url": f"{pagerduty.url}/oauth/revoke",
                     "revocation": True,
                     "scopes": ["incidents.read", "services.read"],
+                    "identity": {"claim": "email"},
                 },
                 "pagerduty-bad-scope": {
                     "provider": "pagerduty", "client_id": f"{PD_CLIENT_ID}-2",
@@ -265,7 +279,9 @@ def running_world(
                     "client_secret": "${ADO_CLIENT_SECRET}",
                     "authorize_url": f"{ado.url}/oauth2/authorize",
                     "token_url": f"{ado.url}/oauth2/token",
+                    "profile_url": f"{ado.url}/_apis/profile/profiles/me?api-version=7.1",
                     "scopes": ["vso.work", "vso.code"],
+                    "identity": {"claim": "email"},
                 },
             }
         }  # fmt: skip

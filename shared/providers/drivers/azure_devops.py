@@ -12,9 +12,10 @@ import requests
 
 from shared.config.apps import App
 from shared.foundation.clock import Clock
-from shared.foundation.errors import GrantInvalid, InputError
+from shared.foundation.errors import GrantInvalid, InputError, ProviderUnavailable
 from shared.providers.drivers.base import AuthRequest
-from shared.providers.oauth import Grant, grant_from, token_request
+from shared.providers.identity import Identity, from_claims
+from shared.providers.oauth import Grant, classify, grant_from, response_json, token_request
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 CODE_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -43,7 +44,9 @@ class AzureDevOpsOAuth:
         if not code:
             raise InputError("the provider's answer has no code")
         body = self._token(app, CODE_GRANT, code, redirect_uri, "code exchange")
-        return grant_from(body, now=self._clock.now(), requested=app.scopes)
+        grant = grant_from(body, now=self._clock.now(), requested=app.scopes)
+        grant.identity = self._profile(app, grant)
+        return grant
 
     def refresh(self, app: App, grant: Grant) -> Grant:
         if grant.refresh_token is None:
@@ -58,6 +61,25 @@ class AzureDevOpsOAuth:
 
     def revoke(self, app: App, grant: Grant) -> str:
         return "not_supported"  # users revoke at Azure DevOps; deleting the app kills all tokens
+
+    def _profile(self, app: App, grant: Grant) -> Identity:
+        """Who signed in: the token response does not say, the profile API does."""
+        url = app.profile_url or app.provider.profile_url or ""
+        assert grant.access_token is not None  # grant_from refuses a response without one
+        try:
+            response = self._session.get(
+                url,
+                headers={"Authorization": f"Bearer {grant.access_token.reveal()}",
+                         "Accept": "application/json"},
+                allow_redirects=False,
+            )  # fmt: skip
+        except requests.RequestException as exc:
+            raise ProviderUnavailable(f"profile: {type(exc).__name__}") from None
+        body = response_json(response)
+        if response.status_code != 200 or not isinstance(body, dict):
+            raise classify(response, body, "profile")
+        claims = {"sub": body.get("id"), "email": body.get("emailAddress")}
+        return from_claims(claims, app.provider)
 
     def _token(
         self, app: App, grant_type: str, assertion: str, redirect_uri: str, what: str

@@ -17,10 +17,12 @@ import msal
 import requests
 
 from shared.config.apps import App
+from shared.config.catalogue import Provider
 from shared.foundation.clock import Clock
 from shared.foundation.errors import GrantInvalid, InputError, ProviderError, ProviderUnavailable
 from shared.foundation.secret import Secret
 from shared.providers.drivers.base import AuthRequest
+from shared.providers.identity import from_claims
 from shared.providers.oauth import PERMANENT, Grant
 
 # AADSTS codes that mean the grant is gone (providers.md §3): inactivity, revoked, admin or user
@@ -58,7 +60,8 @@ class Entra:
             ) from None
         except requests.RequestException as exc:
             raise ProviderUnavailable(f"code exchange: {type(exc).__name__}") from None
-        return self._grant(result, cache, account=None, client=client, previous=None)
+        return self._grant(result, cache, account=None, client=client, previous=None,
+                           provider=app.provider)  # fmt: skip
 
     def refresh(self, app: App, grant: Grant) -> Grant:
         if grant.msal_cache is None or grant.msal_account is None:
@@ -83,7 +86,7 @@ class Entra:
             raise GrantInvalid("MSAL has no refresh token for this connection",
                                oauth_error="invalid_grant")  # fmt: skip
         return self._grant(result, cache, account=grant.msal_account, client=client,
-                           previous=grant.msal_cache)  # fmt: skip
+                           previous=grant.msal_cache, provider=app.provider)  # fmt: skip
 
     def revoke(self, app: App, grant: Grant) -> str:
         # Entra has no token revocation endpoint; sign-in sessions are revoked by an admin
@@ -98,11 +101,12 @@ class Entra:
         account: str | None,
         client: msal.ConfidentialClientApplication,
         previous: Secret | None,
+        provider: Provider,
     ) -> Grant:
         if "error" in result:
             raise _classify(result)
+        claims = result.get("id_token_claims") or {}
         if account is None:
-            claims = result.get("id_token_claims") or {}
             accounts = client.get_accounts()
             account = next(
                 (a["home_account_id"] for a in accounts
@@ -122,8 +126,7 @@ class Entra:
             scopes=tuple(str(result.get("scope") or "").split()),
             msal_cache=Secret(cache.serialize()) if state_changed or previous is None else previous,
             msal_account=account,
-            subject=str((result.get("id_token_claims") or {}).get("preferred_username") or "")
-            or None,
+            identity=from_claims(claims, provider) if claims else None,
         )
 
     def _client(

@@ -15,7 +15,16 @@ from shared.config.apps import App
 from shared.foundation.clock import Clock
 from shared.foundation.errors import GrantInvalid, InputError, ProviderError, ProviderUnavailable
 from shared.providers.drivers.base import AuthRequest
-from shared.providers.oauth import Grant, grant_from, pkce_pair, revocation_request, token_request
+from shared.providers.identity import from_claims, id_token_claims
+from shared.providers.oauth import (
+    Grant,
+    classify,
+    grant_from,
+    pkce_pair,
+    response_json,
+    revocation_request,
+    token_request,
+)
 
 _DISCOVERY_TTL = 3600.0
 
@@ -61,8 +70,37 @@ class OAuth2:
         if "code_verifier" in pending:
             data["code_verifier"] = str(pending["code_verifier"])
         body = self._token(app, data, "code exchange")
-        return grant_from(body, now=self._clock.now(), requested=app.scopes,
-                          separator=app.provider.scope_separator)  # fmt: skip
+        grant = grant_from(body, now=self._clock.now(), requested=app.scopes,
+                           separator=app.provider.scope_separator)  # fmt: skip
+        if "id_token" in body:
+            # OIDC servers, and PagerDuty, say in the ID token who signed in.
+            claims = id_token_claims(body["id_token"], client_id=app.client_id, issuer=app.issuer)
+            grant.identity = from_claims(self._with_userinfo(app, claims, grant), app.provider)
+        return grant
+
+    def _with_userinfo(self, app: App, claims: dict[str, Any], grant: Grant) -> dict[str, Any]:
+        """The ID token's claims, completed from userinfo when they name no login: servers that
+        follow OIDC Core §5.4 to the letter put profile and email claims only there."""
+        names = app.provider.identity_login
+        url = self._discover(app).get("userinfo_endpoint") if app.issuer else None
+        if any(claims.get(n) for n in names) or not url or grant.access_token is None:
+            return claims
+        try:
+            response = self._session.get(
+                str(url),
+                headers={"Authorization": f"Bearer {grant.access_token.reveal()}",
+                         "Accept": "application/json"},
+                allow_redirects=False,
+            )  # fmt: skip
+        except requests.RequestException as exc:
+            raise ProviderUnavailable(f"userinfo: {type(exc).__name__}") from None
+        body = response_json(response)
+        if response.status_code != 200 or not isinstance(body, dict):
+            raise classify(response, body, "userinfo")
+        if body.get("sub") != claims.get("sub"):
+            # OIDC Core §5.3.2: a userinfo answer about another subject must not be used.
+            raise ProviderError("userinfo describes another user", oauth_error="invalid_userinfo")
+        return {**body, **claims}
 
     def refresh(self, app: App, grant: Grant) -> Grant:
         if grant.refresh_token is None:

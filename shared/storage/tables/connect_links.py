@@ -27,6 +27,7 @@ class ConnectLink(Entity):
     created_at: datetime
     expires_at: datetime
     return_to: str | None = None
+    allow_identity_change: bool = False
     kind: str = "link"
 
 
@@ -47,4 +48,5 @@ class OAuthState(Entity):
     # The digest of the value of the cookie set in the browser that opened the link: only that
     # browser can finish (RFC 9700 4.7). None on a row written before the binding existed.
     browser: str | None = None
+    allow_identity_change: bool = False
     kind: str = "state"

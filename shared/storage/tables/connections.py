@@ -48,7 +48,9 @@ class Connection(Entity):
     refresh_token: Secret | None = None
     msal_cache: Secret | None = None
     msal_account: str | None = None
-    subject: str | None = None
+    # Who signed in at the provider ({subject, login, tenant?}), recorded at connect.
+    identity: dict[str, str] | None = None
+    subject: str | None = None  # rows written before ``identity``: the Entra login, if any
     last_refreshed_at: datetime | None = None
     refresh_failures: int = 0
     last_error: str | None = None
@@ -80,7 +82,7 @@ class Connection(Entity):
             "provider": self.provider,
             "status": self.status.value,
             "scopes": self.scopes,
-            "subject": self.subject,
+            "identity": self.identity or ({"login": self.subject} if self.subject else None),
             "created_at": iso(self.created_at),
             "connected_at": iso(self.connected_at),
             "updated_at": iso(self.updated_at),
