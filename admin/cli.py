@@ -115,6 +115,24 @@ def rekey_command(args: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
             "still_under_old_keys": report.old_kids}  # fmt: skip
 
 
+def migrate_user_ids(args: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
+    return rt.user_ids.backfill().public()
+
+
+def _print_migration(data: dict[str, Any]) -> None:
+    if data["done_before"]:
+        print("user ids were already migrated: nothing to do")
+        return
+    print(f"registered {data['registered']} user ids ({data['already_registered']} already were)")
+    for c in data["collisions"]:
+        print(f"case collision: '{c['shadowed']}' kept apart from '{c['kept']}' (reported, not "
+              "merged: revocation by user reaches both)")  # fmt: skip
+    for user_id in data["respelled"]:
+        print(f"stored with whitespace or not NFC, reached by its clean form: {user_id!r}")
+    for user_id in data["unreachable"]:
+        print(f"no caller can name {user_id!r}: revoke it by app")
+
+
 def _colour(text: str, state: str, days_left: float | None) -> str:
     if not sys.stdout.isatty() or os.environ.get("NO_COLOR"):
         return text
@@ -174,7 +192,9 @@ def _print_key(data: dict[str, Any]) -> None:
 
 
 def _human(command: str, data: dict[str, Any]) -> None:
-    if command == "rekey":
+    if command == "migrate-user-ids":
+        _print_migration(data)
+    elif command == "rekey":
         verb = "would re-seal" if data["dry_run"] else "re-sealed"
         for table, checked in data["checked"].items():
             print(f"{table:<20} {checked:>6} rows checked, {verb} {data['resealed'][table]}")
@@ -210,7 +230,9 @@ def parser() -> argparse.ArgumentParser:
         "(environment variables, or --env-file).",
     )
     top.add_argument("--env-file", type=Path, help="read settings from NAME=VALUE lines first")
-    areas = top.add_subparsers(dest="area", required=True, metavar="{keys,status,rekey}")
+    areas = top.add_subparsers(
+        dest="area", required=True, metavar="{keys,status,rekey,migrate-user-ids}"
+    )
     overview = areas.add_parser(
         "status", help="connections, managed PATs, API keys and stuck revocations at a glance",
         description="A table of connections, managed PATs and API keys with status and days to "
@@ -227,6 +249,14 @@ def parser() -> argparse.ArgumentParser:
     rekeying.add_argument("--dry-run", action="store_true", help="count, change nothing")
     rekeying.add_argument("--json", action="store_true", help="print JSON for scripts")
     rekeying.set_defaults(func=rekey_command, verb="rekey")
+    migrating = areas.add_parser(
+        "migrate-user-ids", help="register user ids stored before ids were case-insensitive",
+        description="Once, after upgrading: register every stored user id so any case of it "
+        "reaches its rows; ids differing only by case are reported, never merged. The nightly "
+        "sweep runs it too; once done, running it again is one read.",
+    )  # fmt: skip
+    migrating.add_argument("--json", action="store_true", help="print JSON for scripts")
+    migrating.set_defaults(func=migrate_user_ids, verb="migrate-user-ids")
     keys = areas.add_parser("keys", help="scoped API keys", description="Scoped API keys.")
     verbs = keys.add_subparsers(dest="verb", required=True)
 

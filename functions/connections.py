@@ -20,9 +20,11 @@ READ = "connections:read"
 @endpoint
 @authorized(READ)
 def list_connections(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
-    app, user_id, status = (req.params.get(n) or None for n in ("app", "user_id", "status"))
+    app, given, status = (req.params.get(n) or None for n in ("app", "user_id", "status"))
     inputs.one_of(status, "status", tuple(s.value for s in Status))
-    connections = get_runtime().connections
+    runtime = get_runtime()
+    connections = runtime.connections
+    user_id = None if given is None else runtime.user_ids.resolve(given)
     found: list[Connection]
     if app and user_id:
         one = connections.find(app, user_id)
@@ -30,7 +32,8 @@ def list_connections(req: func.HttpRequest, principal: Principal) -> func.HttpRe
     elif app:
         found = connections.of_app(app)
     elif user_id:
-        found = connections.of_user(user_id)
+        # Ids the backfill found differing only by case are listed too: what revoking reaches.
+        found = [c for form in runtime.user_ids.forms(user_id) for c in connections.of_user(form)]
     else:
         found = connections.all()
     visible = [
@@ -45,6 +48,8 @@ def list_connections(req: func.HttpRequest, principal: Principal) -> func.HttpRe
 @endpoint
 @authorized(READ)
 def get_connection(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
-    app, user_id = req.route_params["app"], req.route_params["user_id"]
+    app = req.route_params["app"]
+    # Checked (a %20 decoded into a trailing space is refused) and resolved to the first-given form.
+    user_id = get_runtime().user_ids.resolve(req.route_params["user_id"])
     principal.require_resource(READ, app, user_id)
     return json_response(get_runtime().connections.get(app, user_id).public())

@@ -32,7 +32,9 @@ def _pat(req: func.HttpRequest, principal: Principal, scope: str) -> ManagedPat:
 @endpoint
 @authorized(MANAGE)
 def create_pat(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
-    app, user_id = req.route_params["app"], req.route_params["user_id"]
+    app = req.route_params["app"]
+    # Checked (a %20 decoded into a trailing space is refused) and resolved to the first-given form.
+    user_id = get_runtime().user_ids.resolve(req.route_params["user_id"])
     principal.require_resource(MANAGE, app, user_id)
     request = NewPat.parse(read_json(req))
     pat, secret = get_runtime().managed_pats.create(app, user_id, request, actor=principal.actor)
@@ -44,7 +46,9 @@ def create_pat(req: func.HttpRequest, principal: Principal) -> func.HttpResponse
 @endpoint
 @authorized(READ)
 def list_pats(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
-    app, user_id = req.route_params["app"], req.route_params["user_id"]
+    app = req.route_params["app"]
+    # Checked (a %20 decoded into a trailing space is refused) and resolved to the first-given form.
+    user_id = get_runtime().user_ids.resolve(req.route_params["user_id"])
     principal.require_resource(READ, app, user_id)
     pats = get_runtime().managed_pats.inventory(app, user_id, req.params.get("organization"))
     return json_response({"pats": pats})

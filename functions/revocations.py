@@ -84,7 +84,9 @@ def list_revocation_failures(req: func.HttpRequest, principal: Principal) -> fun
 @endpoint
 @authorized(SCOPE)
 def revoke_connection(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
-    app, user_id = req.route_params["app"], req.route_params["user_id"]
+    app = req.route_params["app"]
+    # Checked (a %20 decoded into a trailing space is refused) and resolved to the first-given form.
+    user_id = get_runtime().user_ids.resolve(req.route_params["user_id"])
     principal.require_resource(SCOPE, app, user_id)
     runtime = get_runtime()
     connection = runtime.connections.get(app, user_id)

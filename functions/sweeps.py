@@ -1,6 +1,7 @@
 """The nightly sweep (KEYSTEWARD_EXPIRY_SWEEP_SCHEDULE): expiry warnings, then another try at
 upstream revocations that kept failing (connections and managed PATs), then the clean-up of PAT
-creations that never finished; each runs even when an earlier one failed."""
+creations that never finished, then the one-time backfill of user ids stored before ``UserIds``
+(a single read once done); each runs even when an earlier one failed."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def expiry_sweep(timer: func.TimerRequest) -> None:
                 "unfinished PAT creations",
                 lambda: runtime.managed_pats.clean_up_creations(runtime.clock.now()),
             ),
+            ("user id backfill", lambda: runtime.user_ids.backfill().public()),
         ]
     )
     log.info("nightly sweep: %s", report.results)

@@ -23,7 +23,9 @@ SCOPE = "tokens:read"
 @endpoint
 @authorized(SCOPE)
 def get_token(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
-    app, user_id = req.route_params["app"], req.route_params["user_id"]
+    app = req.route_params["app"]
+    # Checked (a %20 decoded into a trailing space is refused) and resolved to the first-given form.
+    user_id = get_runtime().user_ids.resolve(req.route_params["user_id"])
     principal.require_resource(SCOPE, app, user_id)
     try:
         token = get_runtime().tokens.token(

@@ -30,6 +30,7 @@ from shared.lifecycle.pats.revocation import PatRevocation
 from shared.lifecycle.pats.rotation import Rotations
 from shared.lifecycle.refresh_sweep import RefreshSweep
 from shared.lifecycle.revocation_requests import Revoker
+from shared.lifecycle.user_ids import UserIds
 from shared.providers.drivers import Drivers
 from shared.providers.http_session import provider_session
 from shared.storage.clients import queue_service, table_service
@@ -65,6 +66,7 @@ class Runtime:
     managed_pats: ManagedPats
     pat_rotations: Rotations
     pat_revocation: PatRevocation
+    user_ids: UserIds
 
     def refresh_sweep(self) -> RefreshSweep:
         return RefreshSweep(self.schedule, self.connections, self.clock)
@@ -114,6 +116,7 @@ class Runtime:
         crashpoints.arm(settings.test_fault)
         drivers = Drivers(http, clock)
         connections = ConnectionStore(store)
+        user_ids = UserIds(store, clock)
         schedule = Schedule(store)
         tokens = Tokens(
             store=store,
@@ -168,6 +171,7 @@ class Runtime:
                 public_url=settings.public_url,
                 allowed_return_urls=settings.allowed_return_urls,
                 schedule=schedule,
+                user_ids=user_ids,
             ),
             tokens=tokens,
             schedule=schedule,
@@ -188,6 +192,7 @@ class Runtime:
                 queues=queues,
                 store=store,
                 connections=connections,
+                user_ids=user_ids,
                 audit=audit,
                 events=events,
                 clock=clock,
@@ -204,6 +209,7 @@ class Runtime:
                 grace=timedelta(minutes=settings.rotation_grace_minutes),
             ),
             pat_revocation=pat_revocation,
+            user_ids=user_ids,
         )
 
 

@@ -2,15 +2,18 @@
 
 A glob is ``*`` (everything) or ``<app glob>/<user glob>``, where ``*`` stands for any run of
 characters (``pagerduty-*/*``, ``*/alice@contoso.com``). The app part never spans a ``/``: app
-ids are slugs, so ``*/alice`` cannot reach a user called ``x/alice`` of another app. Globs match
-connections created after the key, too.
+ids are slugs, so ``*/alice`` cannot reach a user called ``x/alice`` of another app. The user part
+matches case-insensitively (``inputs.fold`` on both sides, as NuGet's globs do), because user ids
+are one identity whatever their case. Globs match connections created after the key, too.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from shared.foundation.errors import InputError
+from shared.foundation.inputs import fold
 
 MAX_GLOB_LENGTH = 300
 _APP_GLOB = re.compile(r"^[a-z0-9*][a-z0-9*._-]{0,63}$")
@@ -30,6 +33,11 @@ def validate(glob: str) -> str:
             f"malformed resource glob {glob!r}: use '*' or '<app>/<user_id>' where '*' matches "
             "anything, e.g. 'pagerduty-*/*' or '*/alice@contoso.com'"
         )
+    if not user.isprintable() or not unicodedata.is_normalized("NFC", user):
+        raise InputError(
+            "the user part of a resource glob must be printable NFC text (no invisible "
+            "formatting characters): normalise it to NFC, as user ids are"
+        )
     return glob
 
 
@@ -37,11 +45,15 @@ def _pattern(part: str) -> re.Pattern[str]:
     return re.compile("".join(".*" if c == "*" else re.escape(c) for c in part), re.DOTALL)
 
 
+def _user_matches(user_glob: str, user_id: str) -> bool:
+    return bool(_pattern(fold(user_glob)).fullmatch(fold(user_id)))
+
+
 def matches(glob: str, app: str, user_id: str) -> bool:
     if glob == "*":
         return True
     app_glob, _, user_glob = glob.partition("/")
-    return bool(_pattern(app_glob).fullmatch(app) and _pattern(user_glob).fullmatch(user_id))
+    return bool(_pattern(app_glob).fullmatch(app) and _user_matches(user_glob, user_id))
 
 
 def covers(globs: list[str] | tuple[str, ...], app: str, user_id: str) -> bool:
@@ -67,6 +79,6 @@ def _covers_every(
         app_glob, _, user_glob = glob.partition("/")
         if app is not None and user_glob == "*" and _pattern(app_glob).fullmatch(app):
             return True
-        if user_id is not None and app_glob == "*" and _pattern(user_glob).fullmatch(user_id):
+        if user_id is not None and app_glob == "*" and _user_matches(user_glob, user_id):
             return True
     return False

@@ -9,6 +9,7 @@ must be printable, and a missing optional field takes its default.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,6 +51,12 @@ def optional_text(
     if printable and not value.isprintable():
         raise InputError(f"'{name}' must be printable text (no control characters)")
     return value.strip()
+
+
+def fold(text: str) -> str:
+    """The one comparison form of a user id: case-folded, then NFC (folding can denormalise), so
+    ``Alice@Contoso.com`` and ``alice@contoso.com`` are one user in every lookup and glob."""
+    return unicodedata.normalize("NFC", text.casefold())
 
 
 def whole(body: Fields, name: str, *, low: int, high: int, default: int | None = None) -> int:

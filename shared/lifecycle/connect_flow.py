@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode, urlsplit
 
 from shared.config.apps import App, Apps
 from shared.foundation.clock import Clock
@@ -47,6 +46,8 @@ from shared.lifecycle.grant_checks import (
 )
 from shared.lifecycle.grants import take_grant
 from shared.lifecycle.refresh_policy import due_at
+from shared.lifecycle.return_urls import return_allowed, return_url
+from shared.lifecycle.user_ids import UserIds
 from shared.providers.drivers import Drivers
 from shared.providers.identity import Identity
 from shared.providers.oauth import Grant, new_state
@@ -97,8 +98,10 @@ class Connect:
         public_url: str,
         allowed_return_urls: tuple[str, ...],
         schedule: Schedule,
+        user_ids: UserIds,
     ) -> None:
         self._schedule = schedule
+        self._user_ids = user_ids
         self._store = store
         self._connections = ConnectionStore(store)
         self._apps = apps
@@ -116,9 +119,11 @@ class Connect:
     # -- 1. the link ----------------------------------------------------------------------------
 
     def create_link(self, request: NewLink, *, actor: str) -> dict[str, Any]:
-        app_id, user, return_to = request.app, request.user_id, request.return_to
+        app_id, return_to = request.app, request.return_to
         if app_id not in self._apps:
             raise InputError(f"'app' must name a configured app, not {app_id!r}")
+        # The first link names the user for good; any later spelling connects the same user.
+        user = self._user_ids.register(request.user_id)
         token = secrets.token_urlsafe(32)
         now = self._clock.now()
         link = ConnectLink(
@@ -136,7 +141,7 @@ class Connect:
         return {
             "url": f"{self._public_url}/api/connect/{token}",
             "expires_at": link.expires_at.isoformat(),
-            "return_to_allowed": return_to is None or self.return_allowed(return_to),
+            "return_to_allowed": return_to is None or return_allowed(return_to, self._allowed),
         }
 
     # -- 2. the redirect to the provider ---------------------------------------------------------
@@ -345,7 +350,7 @@ class Connect:
             if old_bucket and old_bucket != connection.schedule_bucket:
                 self._schedule.drop(old_bucket, app.id, state.user_id)
             return Connected(
-                connection, event, self._return_url(state.return_to, connection), changed
+                connection, event, return_url(state.return_to, connection, self._allowed), changed
             )
 
         try:
@@ -354,23 +359,6 @@ class Connect:
             raise CallbackFailed(
                 409, "busy", "The connection is being changed: try again."
             ) from None
-
-    def _return_url(self, return_to: str | None, connection: Connection) -> str | None:
-        if not return_to or not self.return_allowed(return_to):
-            return None
-        query = urlencode(
-            {"status": "connected", "app": connection.app, "user_id": connection.user_id}
-        )
-        return f"{return_to}{'&' if '?' in return_to else '?'}{query}"
-
-    def return_allowed(self, url: str) -> bool:
-        """Exact match with an allowed URL, or under an allowed URL that ends with '/'."""
-        for allowed in self._allowed:
-            if url == allowed:
-                return True
-            if allowed.endswith("/") and url.startswith(allowed) and "/../" not in url:
-                return urlsplit(url).netloc == urlsplit(allowed).netloc
-        return False
 
     def _app_for(self, app_id: str) -> App:
         try:

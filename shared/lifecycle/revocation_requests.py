@@ -34,6 +34,7 @@ from shared.foundation.errors import (
 )
 from shared.foundation.redaction import looks_secret
 from shared.lifecycle.credential_revocation import NOT_SUPPORTED, REVOKE_FAILED, CredentialRevoker
+from shared.lifecycle.user_ids import UserIds, check_user_id
 from shared.storage.clients import send
 from shared.storage.retry import on_conflict
 from shared.storage.store import Store
@@ -78,7 +79,9 @@ class RevocationRequest:
         if request_id is not None and looks_secret(request_id):
             # It becomes an audit subject, and the audit trail refuses secret-looking ones.
             raise InputError("'request_id' looks like a credential (a token or key)")
-        user_id = inputs.optional_text(body, "user_id", limit=256)
+        # Checked as everywhere, never stripped: ``alice@x `` is refused here as at connect.
+        raw_user = body.get("user_id")
+        user_id = None if raw_user is None else check_user_id(raw_user)
         app = inputs.optional_text(body, "app", limit=64)
         if user_id is None and app is None:
             raise InputError("give 'user_id', 'app' or both: what should be revoked?")
@@ -98,6 +101,7 @@ class Revoker:
         credentials: CredentialRevoker,
         store: Store,
         connections: ConnectionStore,
+        user_ids: UserIds,
         audit: AuditLog,
         events: EventPublisher,
         clock: Clock,
@@ -108,6 +112,7 @@ class Revoker:
         self.credentials = credentials
         self._store = store
         self._connections = connections
+        self._user_ids = user_ids
         self._audit = audit
         self._events = events
         self._clock = clock
@@ -123,16 +128,18 @@ class Revoker:
     def accept(self, request: RevocationRequest, *, fallback_id: str) -> Revocation:
         """The request's record, created once (a redelivered message finds it)."""
         request_id = request.request_id or _derived_id(fallback_id)
+        # Recorded as the user was first named, so every spelling is one request for one user.
+        user_id = self._user_ids.resolve(request.user_id) if request.user_id else None
         existing = self._store.read(Revocation, request_id, "request")
         if existing is not None:
-            if (existing.app, existing.user_id) != (request.app, request.user_id):
+            if (existing.app, existing.user_id) != (request.app, user_id):
                 raise Conflict(f"request_id '{request_id}' names another revocation already")
             return existing
         now = self._clock.now()
         record = Revocation(
             id=request_id, status=PENDING, reason=request.reason,
             requested_by=request.requested_by, created_at=now, updated_at=now,
-            app=request.app, user_id=request.user_id,
+            app=request.app, user_id=user_id,
         )  # fmt: skip
         try:
             self._store.create(record)
@@ -142,7 +149,7 @@ class Revoker:
             return found
         self._audit.record(
             request.requested_by, "revocation.requested", f"revocation:{request_id}",
-            detail={"app": request.app, "user_id": request.user_id, "reason": request.reason},
+            detail={"app": request.app, "user_id": user_id, "reason": request.reason},
         )  # fmt: skip
         return record
 
@@ -225,13 +232,14 @@ class Revoker:
         return on_conflict(attempt, what=f"the revocation request '{record.id}'")
 
     def _select(self, app: str | None, user_id: str | None) -> list[Connection]:
-        if app and user_id:
-            found = self._connections.find(app, user_id)
-            return [found] if found else []
-        if app:
+        if user_id is None:
+            assert app is not None
             return self._connections.of_app(app)
-        assert user_id is not None
-        return self._connections.of_user(user_id)
+        # With ids that differed only by case before the backfill (reported, not merged).
+        forms = self._user_ids.forms(user_id)
+        if app:
+            return [c for form in forms if (c := self._connections.find(app, form))]
+        return [c for form in forms for c in self._connections.of_user(form)]
 
 
 def _derived_id(message_id: str) -> str:
