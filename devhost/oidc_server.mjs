@@ -8,7 +8,10 @@
 //   grant_types?, token_endpoint_auth_method?}], scopes, ttl?: {access_token, refresh_token,
 //   authorization_code, id_token, interaction, session, grant}, rotate_refresh_token?,
 //   pkce_required?, entra_claims? (answer as Entra does: oid and tid, and the profile claims
-//   in the ID token itself, where a spec-conforming server puts them only in userinfo)
+//   in the ID token itself, where a spec-conforming server puts them only in userinfo; and
+//   a granted `{resource}/.default` answered with that resource's permissions),
+//   entra_permissions? ({resource: [permission]}: what `.default` stands for, per resource;
+//   `user_impersonation` for a resource not listed)
 //
 // Prints `READY <base url>` on stdout once listening; everything else goes to stderr.
 //
@@ -118,6 +121,17 @@ function account(sub) {
 }
 
 const pkceRequired = config.pkce_required ?? true;
+const entraPermissions = config.entra_permissions ?? {};
+
+// Entra never echoes `.default`: it answers with the delegated permissions consented for that
+// resource (providers.md §8; learn.microsoft.com "Scopes and permissions", "The .default scope").
+function concreteScopes(scope) {
+  return scope.split(' ').flatMap((s) => {
+    if (!s.endsWith('/.default')) return [s];
+    const resource = s.slice(0, -'/.default'.length);
+    return (entraPermissions[resource] ?? ['user_impersonation']).map((p) => `${resource}/${p}`);
+  }).join(' ');
+}
 
 const provider = new Provider(config.issuer, {
   clients: (config.clients ?? []).map(clientMetadata),
@@ -169,6 +183,12 @@ provider.use(async (ctx, next) => {
   if (ctx.status !== 200) return;
   if (ctx.oidc?.route === 'revocation') stats.revocations += 1;
   if (ctx.oidc?.route === 'introspection') stats.introspections += 1;
+});
+
+provider.use(async (ctx, next) => {
+  await next();
+  if (!entraClaims || ctx.oidc?.route !== 'token' || ctx.status !== 200) return;
+  if (typeof ctx.body?.scope === 'string') ctx.body = { ...ctx.body, scope: concreteScopes(ctx.body.scope) };
 });
 
 const providerCallback = provider.callback();

@@ -1,4 +1,5 @@
-"""GET /api/connections/{app}/{user_id}/token (``tokens:read``): a valid access token."""
+"""GET /api/connections/{app}/{user_id}/token (``tokens:read``): a valid access token; and
+POST .../token/rejected: the provider refused one, so the current token is refreshed once."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import azure.functions as func
 
 from functions._auth import authorized
 from functions._blueprint import blueprint
-from functions._http import endpoint, error_response, json_response
+from functions._http import endpoint, error_response, json_response, read_json
 from shared.access.api_keys import Principal
 from shared.foundation import inputs
 from shared.foundation.errors import RefreshUnavailable
 from shared.lifecycle.access_tokens import MAX_MIN_TTL
+from shared.lifecycle.caller_requests import TokenRejection
 from shared.runtime import get_runtime
 
 bp = blueprint()
@@ -35,5 +37,30 @@ def get_token(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
             force_refresh=inputs.query_flag(req.params, "force_refresh"),
         )
     except RefreshUnavailable as exc:
-        return error_response(exc.error, exc.message, 503, {"Retry-After": str(exc.retry_after)})
+        return _unavailable(exc)
     return json_response(token.public())
+
+
+@bp.route(
+    route="connections/{app}/{user_id}/token/rejected",
+    methods=["POST"],
+    auth_level=func.AuthLevel.ANONYMOUS,
+)
+@endpoint
+@authorized(SCOPE)
+def token_rejected(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
+    app = req.route_params["app"]
+    user_id = get_runtime().user_ids.resolve(req.route_params["user_id"])
+    principal.require_resource(SCOPE, app, user_id)
+    report = TokenRejection.parse(read_json(req))
+    try:
+        token = get_runtime().tokens.rejected(
+            app, user_id, report.access_token_sha256, actor=principal.actor
+        )
+    except RefreshUnavailable as exc:
+        return _unavailable(exc)
+    return json_response(token.public())
+
+
+def _unavailable(exc: RefreshUnavailable) -> func.HttpResponse:
+    return error_response(exc.error, exc.message, 503, {"Retry-After": str(exc.retry_after)})

@@ -132,6 +132,7 @@ class Runtime:
             lease_ttl=timedelta(
                 seconds=max(settings.refresh_lease_seconds, settings.provider_timeout_seconds + 5)
             ),
+            cooldown=timedelta(seconds=settings.refresh_cooldown_seconds),
         )
         managed_pats = ManagedPats(
             store=store,

@@ -45,7 +45,7 @@ def test_the_catalogue_has_the_four_providers_and_validates() -> None:
         ({"refresh_margin": "5m"}, "refresh_margin"),
         ({"colour": "blue"}, "unknown field"),
         ({"discovery": False, "token_url": None}, "needs discovery or a token_url"),
-        ({"scope_check": "strcit"}, "scope_check must be one of strict, off"),
+        ({"scope_check": "strcit"}, "scope_check must be one of strict, resource, off"),
     ],
 )
 def test_a_bad_catalogue_entry_is_named(change: dict[str, Any], message: str) -> None:

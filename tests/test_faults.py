@@ -346,12 +346,16 @@ def test_a_provider_that_hangs_or_resets_is_a_transient_failure(
             url = host.api(f"connections/{app}/{revoking}")
             deleting = pool.submit(timed, lambda: requests.delete(url, headers=headers, timeout=60))
 
-            # The token endpoint: the refresh fails; the stored token lives long enough.
-            served, took = timed(lambda: world.token(app, asking, host=host, force_refresh="true",
+            # The token endpoint: a forced refresh fails, and says so (503, not the old token)...
+            forced, took = timed(lambda: world.token(app, asking, host=host, force_refresh="true",
                                                      min_ttl="60"))  # fmt: skip
+            assert forced.status_code == 503, forced.text
+            assert "last error: provider_unavailable" in forced.json()["message"]
+            assert took < bound
+            # ... and the stored token, which lives long enough, answers who does not force.
+            served = world.token(app, asking, host=host, min_ttl="60")
             assert served.status_code == 200, served.text
             assert served.json()["access_token"] == f"pdus+_0_{asking}"
-            assert took < bound
             conn = world.connection(app, asking)
             assert conn.status == Status.ACTIVE
             assert conn.refresh_failures == 1

@@ -26,6 +26,7 @@ names the kind of secret, the channel and a short excerpt, with every secret in 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import re
@@ -74,6 +75,7 @@ FAMILIES = ("devhost log", "http", "audit", "events", "queues", "webhooks", "tab
 # (method, path, status, field): the one field of an answer that carries a secret by design.
 DESIGNED = (
     ("GET", re.compile(r"^/api/connections/[^/]+/[^/]+/token$"), 200, "access_token"),
+    ("POST", re.compile(r"^/api/connections/[^/]+/[^/]+/token/rejected$"), 200, "access_token"),
     ("POST", re.compile(r"^/api/connections/[^/]+/[^/]+/pats$"), 201, "secret"),
     ("GET", re.compile(r"^/api/pats/[^/]+/secret$"), 200, "secret"),
     ("POST", re.compile(r"^/api/keys$"), 201, "key"),
@@ -337,6 +339,8 @@ def world(
             "KEYSTEWARD_WEBHOOK_URL": receiver.url,
             "KEYSTEWARD_WEBHOOK_SECRET": WEBHOOK_SECRET,
             "KEYSTEWARD_WEBHOOK_RETRY_SECONDS": "1",
+            # Every forced refresh and rejection below refreshes: each rotates a secret.
+            "KEYSTEWARD_REFRESH_COOLDOWN_SECONDS": "0.001",
         },
     ) as running:
         yield running
@@ -376,6 +380,12 @@ def _connections(world: World, found: Secrets) -> None:
         _token(world, found, app, user, 200)
         for _ in range(2):  # each forced refresh rotates the refresh token
             _token(world, found, app, user, 200, force_refresh="true")
+        # A caller says the provider refused the current token: refreshed once more.
+        current = expect(world.token(app, user), 200).json()["access_token"]
+        digest = hashlib.sha256(current.encode()).hexdigest()
+        rejected = world.call("POST", f"connections/{app}/{user}/token/rejected",
+                              json={"access_token_sha256": digest})  # fmt: skip
+        found.add("access token", expect(rejected, 200).json()["access_token"])
         expect(world.call("GET", f"connections/{app}/{user}"), 200)
     # A code exchange the provider refuses: the callback's error path, client secret in flight.
     world.oidc.fail_next("token", 400, error="invalid_grant")
@@ -393,7 +403,8 @@ def _failures(world: World, found: Secrets) -> None:
                               "error_description": "The refresh token is invalid"})  # fmt: skip
     _token(world, found, PD, U_PD_DEAD, 424, force_refresh="true")
     world.oidc.fail_next("token", 503, retry_after=60)
-    _token(world, found, OIDC, U_FLAKY, 200, force_refresh="true", min_ttl="60")  # the stored one
+    _token(world, found, OIDC, U_FLAKY, 503, force_refresh="true", min_ttl="60")
+    _token(world, found, OIDC, U_FLAKY, 200, min_ttl="60")  # the stored one
     _token(world, found, OIDC, U_FLAKY, 503, min_ttl="7200")
 
 

@@ -680,6 +680,9 @@ def test_every_operation_answers_as_documented(contract: Contract, world: World)
     c.call("get_connection", 404, path_params={"app": pd, "user_id": "nobody@contoso.com"})
     c.call("get_token", 200, path_params=connection, params={"min_ttl": "60"})
     c.call("get_token", 400, path_params=connection, params={"min_ttl": "soon"})
+    never_served = {"access_token_sha256": "0" * 64}
+    c.call("token_rejected", 200, path_params=connection, json=never_served)
+    c.call("token_rejected", 400, path_params=connection, json={"access_token_sha256": "x"})
 
     # Managed PATs (an entra connection, the Azure DevOps PAT API fake).
     entra, pat_user = "entra-demo", "spec-pat"

@@ -281,8 +281,12 @@ def test_a_transient_failure_keeps_the_connection_and_backs_off(
     user = f"t-transient-{status}@contoso.com"
     connect(world, "oidc-demo", user)
     world.oidc.fail_next("token", status, retry_after=retry_after)
-    # The stored token still lives an hour: a forced refresh that fails serves it.
-    served = world.token("oidc-demo", user, force_refresh="true", min_ttl="60")
+    # A forced refresh that fails says so (never the old token as if refreshed)...
+    forced = world.token("oidc-demo", user, force_refresh="true", min_ttl="60")
+    assert forced.status_code == 503, forced.text
+    assert "last error: provider_unavailable: " in forced.json()["message"]
+    # ... and the stored token, which still lives an hour, answers whoever does not force.
+    served = world.token("oidc-demo", user, min_ttl="60")
     assert served.status_code == 200, served.text
     connection = world.connection("oidc-demo", user)
     assert connection.status == Status.ACTIVE
@@ -306,7 +310,8 @@ def test_a_provider_that_times_out_is_a_transient_failure(world: World) -> None:
     world.pagerduty.fail_next("/oauth/token", None, delay=8.0)  # longer than the timeout
     response = world.token("pagerduty-incidents", "t-timeout@contoso.com",
                            force_refresh="true", min_ttl="60")  # fmt: skip
-    assert response.status_code == 200
+    assert response.status_code == 503
+    assert "last error: provider_unavailable" in response.json()["message"]
     connection = world.connection("pagerduty-incidents", "t-timeout@contoso.com")
     assert connection.status == Status.ACTIVE
     assert connection.refresh_failures == 1
@@ -322,7 +327,9 @@ def test_a_refused_connection_is_a_transient_failure(world: World) -> None:
         redirect_uri="https://k/cb", access_token=Secret("pdus+_0_still_good"),
         access_expires_at=now + timedelta(hours=1), refresh_token=Secret("pdus+_1_rt"),
     ))  # fmt: skip
-    served = world.token("pagerduty-down", user, force_refresh="true", min_ttl="60")
+    forced = world.token("pagerduty-down", user, force_refresh="true", min_ttl="60")
+    assert forced.status_code == 503
+    served = world.token("pagerduty-down", user, min_ttl="60")
     assert served.status_code == 200
     assert served.json()["access_token"] == "pdus+_0_still_good"
     connection = world.connection("pagerduty-down", user)
@@ -354,3 +361,21 @@ def test_msal_error_data_is_classified(result: dict[str, object], expected: str)
 @pytest.mark.parametrize("value", ["²", "-1", "1.5", "x"])
 def test_min_ttl_must_be_ascii_digits(world: World, value: str) -> None:
     assert world.token("oidc-demo", "t-basic@contoso.com", min_ttl=value).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("app", "written"),
+    [("ado-legacy", "jwt-bearer"), ("pagerduty-incidents", "bearer"), ("oidc-demo", "Bearer")],
+)
+def test_callers_always_get_bearer_and_the_metadata_keeps_what_was_written(
+    world: World, app: str, written: str
+) -> None:
+    # Legacy Azure DevOps writes jwt-bearer and PagerDuty bearer (providers.md §8); all three
+    # are sent as Authorization: Bearer, which is what RFC 6750 names "Bearer".
+    user = f"token-type-{app}@contoso.com"
+    connect(world, app, user)
+    response = world.token(app, user)
+    assert response.status_code == 200, response.text
+    assert response.json()["token_type"] == "Bearer"
+    metadata = world.call("GET", f"connections/{app}/{user}").json()
+    assert metadata["provider_token_type"] == written

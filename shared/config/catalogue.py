@@ -13,7 +13,7 @@ from shared.foundation.errors import SettingsError
 
 CATALOGUE = Path(__file__).with_name("providers.yaml")
 DRIVERS = ("oauth2", "azure-devops-oauth", "msal")
-SCOPE_CHECKS = ("strict", "off")
+SCOPE_CHECKS = ("strict", "resource", "off")  # shared/providers/scopes.py
 Revocation = Literal["rfc7009", "rfc7009-if-advertised", "optional", "none"]
 REVOCATION: tuple[Revocation, ...] = ("rfc7009", "rfc7009-if-advertised", "optional", "none")
 ClientAuth = Literal["client_secret_basic", "client_secret_post"]
@@ -29,7 +29,7 @@ class Provider:
     scope_separator: str
     refresh_rotates: str
     revocation: Revocation
-    scope_check: bool
+    scope_check: str
     implicit_scopes: tuple[str, ...]
     refresh_margin: int
     keepalive_days: int | None
@@ -113,7 +113,7 @@ def _provider(name: str, spec: Any, source: str) -> Provider:
         scope_separator=f.field("scope_separator", str),
         refresh_rotates=f.field("refresh_rotates", str),
         revocation=f.one_of("revocation", REVOCATION),
-        scope_check=f.one_of("scope_check", SCOPE_CHECKS, "strict") == "strict",
+        scope_check=f.one_of("scope_check", SCOPE_CHECKS, "strict"),
         implicit_scopes=tuple(f.field("implicit_scopes", list, [])),
         refresh_margin=margin,
         keepalive_days=f.field("keepalive_days", (int, type(None)), None),

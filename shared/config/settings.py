@@ -35,6 +35,7 @@ REFRESH_SCHEDULE = "KEYSTEWARD_REFRESH_SCHEDULE"
 EXPIRY_SWEEP_SCHEDULE = "KEYSTEWARD_EXPIRY_SWEEP_SCHEDULE"
 LOG_LEVEL = "KEYSTEWARD_LOG_LEVEL"
 REFRESH_LEASE_SECONDS = "KEYSTEWARD_REFRESH_LEASE_SECONDS"
+REFRESH_COOLDOWN_SECONDS = "KEYSTEWARD_REFRESH_COOLDOWN_SECONDS"
 PROVIDER_TIMEOUT_SECONDS = "KEYSTEWARD_PROVIDER_TIMEOUT_SECONDS"
 ROTATION_GRACE_MINUTES = "KEYSTEWARD_ROTATION_GRACE_MINUTES"
 # Test only: kill the process at a named point (shared.foundation.crashpoints). Never set in Azure.
@@ -100,6 +101,7 @@ class Settings:
     expiry_sweep_schedule: str = DEFAULT_EXPIRY_SWEEP_SCHEDULE
     log_level: str = "INFO"
     refresh_lease_seconds: float = 30.0
+    refresh_cooldown_seconds: float = 30.0
     provider_timeout_seconds: float = 20.0
     rotation_grace_minutes: float = 60.0
     # The environment as read at start-up, for the apps file's ${NAME} secret references.
@@ -145,6 +147,9 @@ class Settings:
             or DEFAULT_EXPIRY_SWEEP_SCHEDULE,
             log_level=_log_level(get(LOG_LEVEL)),
             refresh_lease_seconds=_number(REFRESH_LEASE_SECONDS, get(REFRESH_LEASE_SECONDS), 30.0),
+            refresh_cooldown_seconds=_number(
+                REFRESH_COOLDOWN_SECONDS, get(REFRESH_COOLDOWN_SECONDS), 30.0
+            ),
             provider_timeout_seconds=_number(
                 PROVIDER_TIMEOUT_SECONDS, get(PROVIDER_TIMEOUT_SECONDS), 20.0
             ),

@@ -12,17 +12,25 @@ Failures: a dead grant (``GrantInvalid``) moves the connection to ``needs_reauth
 audit once: only the lease holder writes the transition); a transient one keeps it ``active``,
 records the error and the attempt count, and schedules the next attempt with exponential back-off
 and jitter (at least the provider's Retry-After). While backing off, a cached token that meets
-``min_ttl`` is still served; otherwise the caller gets 503 with Retry-After.
+``min_ttl`` is still served; otherwise the caller gets 503 with Retry-After. A forced refresh (or
+a rejected token) that cannot happen now is a 503 too, never the old token as if refreshed.
+A rejection of a token refreshed within the cooldown gets that token back without a refresh.
+
+No storms: at most one refresh per connection per cooldown (``KEYSTEWARD_REFRESH_COOLDOWN_SECONDS``)
+through the token endpoint, ``force_refresh`` and rejection reports together; callers within it
+get the token just refreshed, even when it lives less than they asked.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import socket
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from shared.config.apps import App, Apps
@@ -31,6 +39,7 @@ from shared.foundation.errors import (
     DecryptionError,
     GrantInvalid,
     InputError,
+    KeystewardError,
     LeaseLost,
     NotFound,
     ProviderError,
@@ -38,11 +47,20 @@ from shared.foundation.errors import (
     StoreError,
 )
 from shared.lifecycle.grants import grant_of
-from shared.lifecycle.refresh_policy import AccessToken, check_servable, due_at, satisfies, token_of
+from shared.lifecycle.refresh_policy import (
+    AccessToken,
+    check_servable,
+    cooling,
+    due_at,
+    is_current,
+    satisfies,
+    token_of,
+)
 from shared.lifecycle.refresh_results import RefreshWriter
 from shared.providers.drivers import Drivers
 from shared.storage.lease import Lease, Leases
 from shared.storage.store import Store
+from shared.storage.tables.audit import AuditOutcome
 from shared.storage.tables.connections import Connection, ConnectionStore, Status
 from shared.storage.tables.schedule import Schedule
 from shared.trail.audit import AuditLog
@@ -54,6 +72,24 @@ MAX_MIN_TTL = 24 * 3600
 _WAIT_POLL = 0.05
 # How long a taker-over waits for a predecessor that may still be storing a rotated token.
 TAKEOVER_GRACE = 1.5
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What a refresh must answer: a token living ``ttl`` more, asked at ``asked_at``, forced
+    or not, within a cooldown or not; or one other than the token a caller reported refused."""
+
+    ttl: timedelta
+    asked_at: datetime
+    force: bool = False
+    cooldown: timedelta | None = None
+    rejected: str | None = None  # the refused token's SHA-256
+
+    def answered_by(self, current: Connection, now: datetime) -> bool:
+        if self.rejected is not None and not is_current(current, self.rejected):
+            return satisfies(current, now, timedelta(0))  # replaced: any live token answers
+        return satisfies(current, now, self.ttl, self.asked_at, force=self.force,
+                         cooldown=self.cooldown)  # fmt: skip
 
 
 class Tokens:
@@ -70,6 +106,7 @@ class Tokens:
         events: EventPublisher,
         clock: Clock,
         lease_ttl: timedelta,
+        cooldown: timedelta,
     ) -> None:
         self._store = store
         self._connections = connections
@@ -81,6 +118,7 @@ class Tokens:
         self._events = events
         self._clock = clock
         self._lease_ttl = lease_ttl
+        self._cooldown = cooldown
         self._writer = RefreshWriter(
             connections=connections, schedule=schedule, audit=audit, events=events, clock=clock
         )
@@ -103,12 +141,50 @@ class Tokens:
         ttl = timedelta(seconds=app.provider.refresh_margin if min_ttl is None else min_ttl)
         connection = self._connections.get(app_id, user_id)
         check_servable(connection)
+        cooldown = self._cooldown
         # Judged after the read: a slow read must not hand out a token that expired meanwhile.
-        if satisfies(connection, self._clock.now(), ttl, force=force_refresh):
+        if satisfies(connection, self._clock.now(), ttl, force=force_refresh, cooldown=cooldown):
             return token_of(connection)
         if connection.next_attempt_at and connection.next_attempt_at > asked_at:
-            return self._backing_off(connection, asked_at, ttl)
-        return self._refresh(app, connection, ttl, asked_at, force=force_refresh)
+            return self._backing_off(connection, asked_at, ttl, force=force_refresh)
+        return self._refresh(app, connection, Ask(ttl, asked_at, force_refresh, cooldown))
+
+    def rejected(self, app_id: str, user_id: str, token_sha256: str, *, actor: str) -> AccessToken:
+        """A caller says the provider refused a token (named by its SHA-256, never the token).
+        The current token is refreshed once (single flight); a token already replaced, or one
+        Keysteward never served, gets the current token without a refresh. Audited either way."""
+        asked_at = self._clock.now()
+        app = self._app(app_id)
+        connection = self._connections.get(app_id, user_id)
+        check_servable(connection)
+        current = is_current(connection, token_sha256)
+        try:
+            token = (
+                self._replace(app, connection, token_sha256, asked_at)
+                if current
+                else self.token(app_id, user_id)
+            )
+        except KeystewardError as exc:
+            self._audit.record(actor, "token.rejected", connection.resource,
+                               outcome=AuditOutcome.FAILURE,
+                               detail={"current": current, "error": exc.error})  # fmt: skip
+            raise
+        replaced = hashlib.sha256(token.access_token.encode()).hexdigest() != token_sha256
+        self._audit.record(actor, "token.rejected", connection.resource,
+                           detail={"current": current, "replaced": replaced})  # fmt: skip
+        return token
+
+    def _replace(
+        self, app: App, connection: Connection, token_sha256: str, asked_at: datetime
+    ) -> AccessToken:
+        ttl = timedelta(seconds=app.provider.refresh_margin)
+        if connection.next_attempt_at and connection.next_attempt_at > asked_at:
+            return self._backing_off(connection, asked_at, ttl, force=True)
+        if cooling(connection, asked_at, self._cooldown):
+            # Refreshed moments ago and refused already: one more refresh now is the storm; the
+            # token just refreshed answers (the caller sees its expiry), as for force_refresh.
+            return token_of(connection)
+        return self._refresh(app, connection, Ask(ttl, asked_at, force=True, rejected=token_sha256))
 
     # -- the sweep's worker ---------------------------------------------------------------------
 
@@ -130,22 +206,14 @@ class Tokens:
         # token a caller refreshed moments ago answers the sweep too.
         force = bool(keepalive) and now >= last + timedelta(days=keepalive or 0) * 2 / 3
         try:
-            self._refresh(app, connection, ttl, now, force=force)
+            self._refresh(app, connection, Ask(ttl, now, force))
         except (GrantInvalid, RefreshUnavailable) as exc:
             return exc.error
         return "refreshed"
 
     # -- single flight --------------------------------------------------------------------------
 
-    def _refresh(
-        self,
-        app: App,
-        connection: Connection,
-        ttl: timedelta,
-        asked_at: datetime,
-        *,
-        force: bool = False,
-    ) -> AccessToken:
+    def _refresh(self, app: App, connection: Connection, ask: Ask) -> AccessToken:
         # A crashed holder blocks us at most one lease TTL; then we take the lease over.
         deadline = time.monotonic() + self._lease_ttl.total_seconds() + 5
         delay = _WAIT_POLL
@@ -158,7 +226,7 @@ class Tokens:
             )
             current = self._connections.get(app.id, connection.user_id)
             check_servable(current)
-            if satisfies(current, self._clock.now(), ttl, asked_at, force=force):
+            if ask.answered_by(current, self._clock.now()):
                 # Someone refreshed while we waited (or before we got here): theirs answers us.
                 if lease is not None:
                     self._writer.release(current)
@@ -173,7 +241,7 @@ class Tokens:
                     time.sleep(TAKEOVER_GRACE)
                     continue
                 try:
-                    token = self._refresh_held(app, current, ttl, lease)
+                    token = self._refresh_held(app, current, ask.ttl, lease, force=ask.force)
                     if token is not None:
                         return token
                     continue  # the row changed under our lease before the call: look again
@@ -189,7 +257,7 @@ class Tokens:
             delay = min(delay * 1.5, 0.5)
 
     def _refresh_held(
-        self, app: App, connection: Connection, ttl: timedelta, lease: Lease
+        self, app: App, connection: Connection, ttl: timedelta, lease: Lease, *, force: bool
     ) -> AccessToken | None:
         """We hold the lease and the row is as we read it: call the provider and store first.
         None if the row changed before the call (nothing was sent)."""
@@ -219,7 +287,7 @@ class Tokens:
             ) from None
         except ProviderError as exc:
             retry_in = self._writer.record_failure(app, connection, exc)
-            return self._backing_off(connection, self._clock.now(), ttl, retry_in)
+            return self._backing_off(connection, self._clock.now(), ttl, retry_in, force=force)
         return self._writer.store_refreshed(app, connection, fresh, now)
 
     def _backing_off(
@@ -228,14 +296,21 @@ class Tokens:
         now: datetime,
         ttl: timedelta,
         retry_in: float | None = None,
+        *,
+        force: bool = False,
     ) -> AccessToken:
-        if satisfies(connection, now, ttl, None):
+        if not force and satisfies(connection, now, ttl, None):
             return token_of(connection)
         if retry_in is None:
             retry_in = ((connection.next_attempt_at or now) - now).total_seconds()
+        error = connection.last_error
+        why = (
+            "a forced refresh cannot happen now" if force else "the stored token does not live "
+            "long enough"
+        )  # fmt: skip
         raise RefreshUnavailable(
-            f"the provider is failing for '{connection.resource}' and the stored token does not "
-            "live long enough; retry later",
+            f"the provider is failing for '{connection.resource}' (last error: {error}) and {why}; "
+            "retry later",
             retry_in,
         )
 

@@ -1,6 +1,7 @@
 """What callers ask of the lifecycle services, parsed and checked at the edge: a connect link
-(``NewLink``), a managed PAT (``NewPat``), a PAT's new lifetime (``PatExtension``) and a rotation
-step from its queue (``RotationStep``-carrying ``RotationMessage``). The revocation request has
+(``NewLink``), a managed PAT (``NewPat``), a PAT's new lifetime (``PatExtension``), a token the
+provider refused (``TokenRejection``) and a rotation step from its queue (``RotationStep``-carrying
+``RotationMessage``). The revocation request has
 its own module's ``RevocationRequest``. A service receives these, never a raw body."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from shared.lifecycle.user_ids import check_user_id
 MAX_LIFETIME_DAYS = 365
 _ORG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,49}$")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,26 @@ class NewLink:
             return_to=return_to,
             allow_identity_change=inputs.flag(body, "allow_identity_change", default=False),
         )
+
+
+@dataclass(frozen=True)
+class TokenRejection:
+    """A caller's report that the provider refused a token: its SHA-256, never the token."""
+
+    FIELDS: ClassVar[frozenset[str]] = frozenset({"access_token_sha256"})
+    access_token_sha256: str
+
+    @classmethod
+    def parse(cls, body: inputs.Fields) -> TokenRejection:
+        inputs.only(body, cls.FIELDS)
+        value = body.get("access_token_sha256")
+        if not isinstance(value, str) or not _SHA256.match(value):
+            # Never echoed: a caller who sent the token itself must not see it in a log or body.
+            raise InputError(
+                "'access_token_sha256' must be the SHA-256 of the refused access token as 64 hex "
+                "digits (hashlib.sha256(token.encode()).hexdigest()); never send the token"
+            )
+        return cls(access_token_sha256=value.lower())
 
 
 def organization(value: object) -> str:

@@ -9,6 +9,7 @@ import re
 
 from shared.config.apps import App
 from shared.foundation.errors import CallbackFailed
+from shared.providers import scopes
 from shared.providers.identity import Identity
 from shared.providers.oauth import Grant
 
@@ -37,10 +38,8 @@ def provider_error(app: App, params: dict[str, str]) -> None:
 
 def missing_scopes(app: App, grant: Grant) -> list[str]:
     """The asked scopes the grant lacks (none when the provider's scopes are not checked)."""
-    if not app.provider.scope_check:
-        return []
-    granted = set(grant.scopes)
-    return [s for s in app.scopes if s not in granted and s not in app.provider.implicit_scopes]
+    provider = app.provider
+    return scopes.missing(provider.scope_check, app.scopes, grant.scopes, provider.implicit_scopes)
 
 
 def insufficient_scope(app: App, missing: list[str]) -> CallbackFailed:

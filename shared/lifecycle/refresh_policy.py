@@ -5,6 +5,8 @@ rules are tested on their own and the token path and the sweep agree by construc
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,17 +26,41 @@ def satisfies(
     asked_at: datetime | None = None,
     *,
     force: bool = False,
+    cooldown: timedelta | None = None,
 ) -> bool:
     """Whether the stored access token answers a request made at ``asked_at``: it has not expired
     and it lives at least ``min_ttl`` more (unless the caller forces a refresh), or it was
-    refreshed after the request arrived."""
+    refreshed after the request arrived, or within the ``cooldown`` (at most one refresh per
+    cooldown: a provider whose tokens live less than ``min_ttl`` is not asked on every call)."""
     expires = connection.access_expires_at
     if connection.access_token is None or expires is None or expires <= now:
         return False
     if not force and expires - now >= min_ttl:
         return True
     refreshed = connection.last_refreshed_at
-    return asked_at is not None and refreshed is not None and refreshed >= asked_at
+    if refreshed is None:
+        return False
+    return (asked_at is not None and refreshed >= asked_at) or (
+        cooldown is not None and cooling(connection, now, cooldown) > 0
+    )
+
+
+def is_current(connection: Connection, token_sha256: str) -> bool:
+    """Whether a caller's SHA-256 (hex) names the stored access token (compared in constant time:
+    the hash stands for a live secret)."""
+    if connection.access_token is None:
+        return False
+    digest = hashlib.sha256(connection.access_token.reveal().encode()).hexdigest()
+    return hmac.compare_digest(digest, token_sha256.lower())
+
+
+def cooling(connection: Connection, now: datetime, cooldown: timedelta) -> float:
+    """Seconds left of the cooldown since the last refresh (0 when none is running). A connect
+    is no refresh: a caller may force one, or report the new token refused, at once."""
+    refreshed = connection.last_refreshed_at
+    if refreshed is None or refreshed == connection.connected_at:
+        return 0.0
+    return max((refreshed + cooldown - now).total_seconds(), 0.0)
 
 
 def due_at(connection: Connection, app: App, now: datetime) -> datetime:
@@ -64,15 +90,18 @@ def backoff(failures: int, retry_after: float | None) -> float:
 
 @dataclass(frozen=True)
 class AccessToken:
+    """What a caller is given. Its type is always ``Bearer`` (RFC 6750), whatever the provider
+    wrote (legacy Azure DevOps writes ``jwt-bearer``, PagerDuty ``bearer``): every one of them is
+    sent as ``Authorization: Bearer``. The provider's own value stays in the connection."""
+
     access_token: str
-    token_type: str
     expires_at: datetime
     scope: list[str]
 
     def public(self) -> dict[str, object]:
         return {
             "access_token": self.access_token,
-            "token_type": self.token_type,
+            "token_type": "Bearer",
             "expires_at": self.expires_at.isoformat(),
             "scope": " ".join(self.scope),
         }
@@ -102,7 +131,6 @@ def token_of(connection: Connection) -> AccessToken:
     assert connection.access_expires_at is not None
     return AccessToken(
         access_token=connection.access_token.reveal(),
-        token_type=connection.token_type,
         expires_at=connection.access_expires_at,
         scope=connection.scopes,
     )

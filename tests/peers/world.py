@@ -22,7 +22,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableServiceClient
 from azure.storage.queue import QueueServiceClient
 
-from devhost.oidc import OidcClient, OidcServer
+from devhost.oidc import DEFAULT_SCOPES, OidcClient, OidcServer
 from shared.access.api_keys import ApiKeys
 from shared.access.key_requests import SCOPES, NewKey
 from shared.config.settings import Settings
@@ -47,6 +47,9 @@ SECRETS = {
     "ADO_CLIENT_SECRET": "ado-app-secret-0123456789abcdefghijklmnop",
 }
 PD_CLIENT_ID = "pd-client-id"
+# Azure DevOps as an Entra resource (its application id), and the scope real deployments ask.
+ADO_RESOURCE = "499b84ac-1321-427f-aa17-267ca6975798"
+ADO_DEFAULT = f"{ADO_RESOURCE}/.default"
 ADO_CLIENT_ID = "6b9c2f1e-4a3d-4c55-9f0e-2d1b7a8c9e01"
 RETURN_URL = "https://portal.example.com/connected"
 LEASE_SECONDS = 6
@@ -198,6 +201,7 @@ def running_world(
             https=True,
             mount_path="/op",
             entra_claims=True,
+            scopes=(*DEFAULT_SCOPES, ADO_DEFAULT),
             clients=[OidcClient("entra-demo-client", SECRETS["ENTRA_DEMO_SECRET"],
                                 [callback("entra-demo")])],
         ).start()  # fmt: skip
@@ -241,7 +245,9 @@ def running_world(
                 "entra-demo": {
                     "provider": "entra", "oidc_authority": entra_op.issuer,
                     "client_id": "entra-demo-client", "client_secret": "${ENTRA_DEMO_SECRET}",
-                    "scopes": ["api.read"], "prompt": "consent",
+                    # As a real deployment asks (docs/providers.md): Entra answers with the
+                    # concrete permission, ADO_RESOURCE/user_impersonation.
+                    "scopes": [ADO_DEFAULT], "prompt": "consent",
                     "identity": {"claim": "preferred_username"},
                     "organization": "contoso", "pat_api_url": ado_pats.url,
                     "devops_url": ado_pats.url,

@@ -82,6 +82,7 @@ class Connection(Entity):
             "provider": self.provider,
             "status": self.status.value,
             "scopes": self.scopes,
+            "provider_token_type": self.token_type,  # callers are always given Bearer
             "identity": self.identity or ({"login": self.subject} if self.subject else None),
             "created_at": iso(self.created_at),
             "connected_at": iso(self.connected_at),
