@@ -48,8 +48,14 @@ def _env_file(path: Path) -> dict[str, str]:
 
 
 def keys_create(args: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
-    request = NewKey(name=args.name, owner=args.owner or "", scopes=args.scope,
-                     resources=args.resource, expires_in_days=args.days)  # fmt: skip
+    if args.all == bool(args.scope or args.resource):
+        raise SystemExit("give either --all (a '*' key: every scope on every resource, the "
+                         "bootstrap key) or --scope and --resource")  # fmt: skip
+    scopes, resources = (list(SCOPES), ["*"]) if args.all else (args.scope, args.resource)
+    if not scopes or not resources:
+        raise SystemExit("give at least one --scope and one --resource (or --all)")
+    request = NewKey(name=args.name, owner=args.owner or "", scopes=scopes,
+                     resources=resources, expires_in_days=args.days)  # fmt: skip
     key, secret = rt.api_keys.create(request, actor=_actor())
     return {**key.public(), "key": secret}
 
@@ -269,11 +275,16 @@ def parser() -> argparse.ArgumentParser:
     create = verb("create", keys_create, "create a key; the key is printed once")
     create.add_argument("--name", required=True, help="what the key is for")
     create.add_argument(
-        "--scope", action="append", required=True, choices=SCOPES, metavar="SCOPE",
+        "--all", action="store_true",
+        help="a '*' key: every scope on every resource (the bootstrap key; an HTTP key can only "
+        "create keys within its own scopes and globs)",
+    )  # fmt: skip
+    create.add_argument(
+        "--scope", action="append", choices=SCOPES, metavar="SCOPE",
         help=f"a scope to grant (repeat for more): {', '.join(SCOPES)}",
     )  # fmt: skip
     create.add_argument(
-        "--resource", action="append", required=True, metavar="GLOB",
+        "--resource", action="append", metavar="GLOB",
         help="an {app}/{user_id} glob the key may act on (repeat for more): '*', 'app-*/*', "
         "'*/alice@contoso.com'",
     )  # fmt: skip

@@ -1,4 +1,5 @@
-"""GET /api/audit (scope ``audit:read``): the audit trail, newest last."""
+"""GET /api/audit (scope ``audit:read``): the audit trail, newest last; only the rows about
+resources inside the key's globs (all of them for a ``*``-glob key)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def read_audit(req: func.HttpRequest, principal: Principal) -> func.HttpResponse
     if subject is not None and len(subject) > MAX_SUBJECT:
         # None is stored, and a filter this long could exceed what Table Storage takes in a URL.
         raise InputError(f"'subject' is at most {MAX_SUBJECT} characters")
-    entries = runtime.audit.read(since, until, subject=subject, limit=limit)
+    entries = runtime.audit.read(since, until, subject=subject, limit=limit, visible=principal.sees)
     return json_response(
         {
             "entries": [

@@ -144,18 +144,19 @@ def test_bootstraps_the_first_admin_key_on_an_empty_store(
 ) -> None:
     before = datetime.now(UTC)
     created = ok_json(
-        app_env, "keys", "create", "--name", "bootstrap", "--scope", "keys:admin",
-        "--resource", "*", "--days", "30", "--owner", "ops@contoso.com",
+        app_env, "keys", "create", "--name", "bootstrap", "--all", "--days", "30",
+        "--owner", "ops@contoso.com",
     )  # fmt: skip
     assert {"id", "key", "expires_at", "scopes", "resources"} <= set(created)
     assert (created["name"], created["owner"]) == ("bootstrap", "ops@contoso.com")
-    assert (created["scopes"], created["resources"]) == (["keys:admin"], ["*"])
+    # A '*' key: a key can hand on only what it holds, so the bootstrap key holds everything.
+    assert (created["scopes"], created["resources"]) == (list(SCOPES), ["*"])
     expires = datetime.fromisoformat(created["expires_at"])
     assert before + timedelta(days=30) <= expires <= datetime.now(UTC) + timedelta(days=30)
 
     principal = verify(empty, created["key"])
     assert principal.key_id == created["id"]
-    assert principal.scopes == {"keys:admin"}
+    assert principal.scopes == set(SCOPES)
     assert principal.resources == ("*",)
     assert [k.id for k in service(empty).list()] == [created["id"]]
     [(actor, action)] = audit_of(empty, created["id"])
@@ -290,6 +291,8 @@ REFUSALS: dict[str, tuple[tuple[str, ...], str]] = {
     "malformed-glob": ((*CREATE, "--resource", "No-Slash"), "malformed resource glob"),
     "oversized-name": ((*CREATE, "--name", "x" * 101), "at most 100 characters"),
     "no-scope": (("keys", "create", "--name", "n", "--resource", "*"), "--scope"),
+    "all-and-scope": ((*CREATE, "--all"), "either --all"),
+    "nothing-granted": (("keys", "create", "--name", "n"), "either --all"),
     "regenerate-unknown-id": (("keys", "regenerate", "abcdefghijkl"), "no API key with id"),
     "update-unknown-id": (("keys", "update", "abcdefghijkl", "--name", "n"), "no API key with id"),
     "delete-unknown-id": (("keys", "delete", "abcdefghijkl"), "no API key with id"),
@@ -368,10 +371,7 @@ def test_settings_from_an_env_file(app_env: dict[str, str], empty: Store, tmp_pa
 
 
 def test_a_cli_made_admin_key_works_over_http(app_env: dict[str, str], world: World) -> None:
-    admin = ok_json(
-        app_env, "keys", "create", "--name", "cli admin", "--scope", "keys:admin",
-        "--resource", "*", "--days", "1",
-    )  # fmt: skip
+    admin = ok_json(app_env, "keys", "create", "--name", "cli admin", "--all", "--days", "1")
 
     def call(method: str, path: str, key: str, **kwargs: Any) -> Any:
         return world.call(method, path, headers={"Authorization": f"Bearer {key}"}, **kwargs)

@@ -593,7 +593,8 @@ def test_create_refuses_a_body_that_is_not_a_json_object(
 
 def test_every_key_action_is_audited_with_the_acting_key_id_never_a_secret(world: World) -> None:
     admin, admin_raw = world.keys.create(
-        NewKey(name="auditing admin", scopes=["keys:admin"], resources=["*"]), actor="test"
+        NewKey(name="auditing admin", scopes=["keys:admin", "tokens:read"], resources=["*"]),
+        actor="test",
     )
     reader = new_key(world, ["audit:read"], ["*"])[1]
     created = call(

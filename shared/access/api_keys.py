@@ -36,6 +36,7 @@ from shared.storage.retry import on_conflict
 from shared.storage.store import Row, Store
 from shared.storage.tables.api_keys import KEYS_PARTITION as _PARTITION
 from shared.storage.tables.api_keys import ApiKey
+from shared.storage.tables.audit import AuditEntry
 from shared.trail.audit import AuditLog
 
 PREFIX = "ks_"
@@ -71,6 +72,32 @@ class Principal:
 
     def covers(self, app: str, user_id: str) -> bool:
         return globs.covers(self.resources, app, user_id)
+
+    def holds(self, scopes: list[str] | frozenset[str], resources: list[str]) -> bool:
+        """Whether a key with these scopes and globs grants nothing this one does not: the only
+        keys this one may create, see, change, regenerate or delete."""
+        return self.scopes >= frozenset(scopes) and all(
+            globs.within(glob, self.resources) for glob in resources
+        )
+
+    def sees(self, entry: AuditEntry) -> bool:
+        """Audit rows about resources inside this key's globs; rows about no one resource (key
+        management, whole revocations) only for a ``*`` key."""
+        if globs.within("*", self.resources):
+            return True
+        resource = entry.resource
+        return resource is not None and self.covers(*resource)
+
+    def require_holds(self, scopes: list[str], resources: list[str]) -> None:
+        if not self.scopes >= frozenset(scopes):
+            extra = sorted(frozenset(scopes) - self.scopes)
+            raise Forbidden(f"this API key cannot grant scopes it does not hold: {extra}")
+        wider = [glob for glob in resources if not globs.within(glob, self.resources)]
+        if wider:
+            raise Forbidden(
+                f"this API key cannot grant resources outside its own globs: {wider} "
+                f"(it holds {list(self.resources)})"
+            )
 
 
 def _hash(secret: str) -> str:
@@ -119,7 +146,13 @@ class ApiKeys:
 
     # -- management -------------------------------------------------------------------------
 
-    def create(self, request: NewKey, *, actor: str) -> tuple[ApiKey, str]:
+    def create(
+        self, request: NewKey, *, actor: str, by: Principal | None = None
+    ) -> tuple[ApiKey, str]:
+        """``by``: the key asking, which can grant only what it holds (None: the CLI, which has
+        the storage account and so everything)."""
+        if by is not None:
+            by.require_holds(request.scopes, request.resources)
         now = self._clock.now()
         key_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
         secret = _new_secret()
@@ -142,16 +175,21 @@ class ApiKeys:
         )  # fmt: skip
         return key, _format(key_id, secret)
 
-    def list(self) -> list[ApiKey]:
-        return sorted(self._store.entities_in(ApiKey, _PARTITION), key=lambda k: k.created_at)
+    def list(self, by: Principal | None = None) -> list[ApiKey]:
+        keys = self._store.entities_in(ApiKey, _PARTITION)
+        seen = [k for k in keys if by is None or by.holds(k.scopes, k.resources)]
+        return sorted(seen, key=lambda k: k.created_at)
 
-    def get(self, key_id: str) -> ApiKey:
+    def get(self, key_id: str, by: Principal | None = None) -> ApiKey:
         key = self._store.read(ApiKey, _PARTITION, key_id) if _valid_id(key_id) else None
-        if key is None:
+        # A key beyond the caller's answers as an unknown one: its existence is not theirs to know.
+        if key is None or (by is not None and not by.holds(key.scopes, key.resources)):
             raise NotFound(f"no API key with id '{key_id}'")
         return key
 
-    def regenerate(self, key_id: str, *, actor: str) -> tuple[ApiKey, str]:
+    def regenerate(
+        self, key_id: str, *, actor: str, by: Principal | None = None
+    ) -> tuple[ApiKey, str]:
         """A new secret; scopes, resources and expiry stay. The old secret stops working."""
         secret = _new_secret()
 
@@ -159,30 +197,36 @@ class ApiKeys:
             key.secret_hash = _hash(secret)
             key.regenerated_at = self._clock.now()
 
-        key = self._change(key_id, change)
+        key = self._change(key_id, change, by)
         self._audit.record(actor, "apikey.regenerated", f"key:{key_id}")
         return key, _format(key_id, secret)
 
-    def update(self, key_id: str, request: KeyChange, *, actor: str) -> ApiKey:
+    def update(
+        self, key_id: str, request: KeyChange, *, actor: str, by: Principal | None = None
+    ) -> ApiKey:
         """Change the name and resource globs; scopes are fixed for a key's life, as NuGet's."""
         name, resources = request.name, request.resources
+        if by is not None and resources:
+            by.require_holds([], resources)
 
         def change(key: ApiKey) -> None:
             key.name = name or key.name
             key.resources = resources or key.resources
 
-        key = self._change(key_id, change)
+        key = self._change(key_id, change, by)
         self._audit.record(
             actor, "apikey.updated", f"key:{key_id}",
             detail={"name": key.name, "resources": key.resources},
         )  # fmt: skip
         return key
 
-    def _change(self, key_id: str, change: Callable[[ApiKey], None]) -> ApiKey:
+    def _change(
+        self, key_id: str, change: Callable[[ApiKey], None], by: Principal | None
+    ) -> ApiKey:
         """Read, change, write conditionally; again if a concurrent use touched the row."""
 
         def attempt() -> ApiKey:
-            key = self.get(key_id)
+            key = self.get(key_id, by)
             change(key)
             return self._store.save(key)  # a conflict: last_used_at was written meanwhile
 
@@ -190,8 +234,8 @@ class ApiKeys:
         self._forget(key_id)
         return key
 
-    def delete(self, key_id: str, *, actor: str) -> None:
-        key = self.get(key_id)
+    def delete(self, key_id: str, *, actor: str, by: Principal | None = None) -> None:
+        key = self.get(key_id, by)
         self._store.delete(ApiKey.TABLE, _PARTITION, key_id)  # unconditional: a use may touch it
         self._forget(key_id)
         self._audit.record(actor, "apikey.deleted", f"key:{key_id}", detail={"name": key.name})

@@ -5,6 +5,8 @@ characters (``pagerduty-*/*``, ``*/alice@contoso.com``). The app part never span
 ids are slugs, so ``*/alice`` cannot reach a user called ``x/alice`` of another app. The user part
 matches case-insensitively (``inputs.fold`` on both sides, as NuGet's globs do), because user ids
 are one identity whatever their case. Globs match connections created after the key, too.
+
+``within`` says whether one glob grants nothing another set does not: what a key may hand on.
 """
 
 from __future__ import annotations
@@ -82,3 +84,39 @@ def _covers_every(
         if user_id is not None and app_glob == "*" and _user_matches(user_glob, user_id):
             return True
     return False
+
+
+def within(glob: str, outer: list[str] | tuple[str, ...]) -> bool:
+    """Whether every resource ``glob`` matches is matched by one of ``outer`` (never a wrong yes;
+    a set of globs that covers ``glob`` only together, and no one of them alone, says no)."""
+    if any(_everything(other) for other in outer):
+        return True
+    if _everything(glob):
+        return False
+    app, _, user = glob.partition("/")
+    for other in outer:
+        other_app, _, other_user = other.partition("/")
+        if _contains(other_app, app) and _contains(fold(other_user), fold(user)):
+            return True
+    return False
+
+
+def _contains(outer: str, inner: str) -> bool:
+    """Whether every string the pattern ``inner`` matches, ``outer`` matches (``*`` wildcards).
+    ``outer`` must match ``inner`` read as text in which each ``*`` is a character that only a
+    ``*`` of ``outer`` can stand for."""
+    # reach[j]: outer[:i] matches inner[:j]; one row per character of outer.
+    reach = [True] + [False] * len(inner)
+    for char in outer:
+        if char == "*":
+            for j in range(1, len(inner) + 1):
+                reach[j] = reach[j] or reach[j - 1]
+        else:
+            reach = [False] + [
+                reach[j - 1] and inner[j - 1] == char for j in range(1, len(inner) + 1)
+            ]
+    return reach[len(inner)]
+
+
+def _everything(glob: str) -> bool:
+    return glob in ("*", "*/*")  # an app id never holds '/': '*/*' is '*'

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
 
 from shared.foundation.clock import Clock
@@ -79,11 +79,13 @@ class AuditLog:
         until: datetime | None = None,
         subject: str | None = None,
         limit: int = 1000,
+        visible: Callable[[AuditEntry], bool] | None = None,
     ) -> list[AuditEntry]:
         """Entries at or after ``since`` and before ``until`` (open-ended when None), oldest first.
 
         Only the day partitions from ``since`` on are read (one range query); the time bounds are
-        row-key bounds, so no partition is scanned beyond them.
+        row-key bounds, so no partition is scanned beyond them. ``visible`` filters what the
+        reader may see before ``limit`` counts.
         """
         if since.tzinfo is None or (until is not None and until.tzinfo is None):
             raise ValueError("audit reads take timezone-aware datetimes")
@@ -108,6 +110,8 @@ class AuditLog:
         entries: list[AuditEntry] = []
         query = " and ".join(clauses)
         for entry in self._store.select(AuditEntry, query, params, page_size=min(limit, 1000)):
+            if visible is not None and not visible(entry):
+                continue  # counted against nothing: ``limit`` bounds what the caller may see
             entries.append(entry)
             if len(entries) >= limit:
                 break
