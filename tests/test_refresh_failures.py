@@ -68,17 +68,17 @@ def ado(world: World) -> Iterator[World]:
 
 def recover(world: World, app: str, users: list[str]) -> None:
     """A later successful refresh clears the app's mark (audited once)."""
-    before = len(world.audit(app, "app.recovered"))
+    before = len(world.audit(f"app:{app}", "app.recovered"))
     for user in users:
         due_now(world, app, user)
     response = world.token(app, users[0], force_refresh="true")
     assert response.status_code == 200, response.text
     assert app not in misconfigured(world)
-    assert len(world.audit(app, "app.recovered")) == before + 1
+    assert len(world.audit(f"app:{app}", "app.recovered")) == before + 1
 
 
 def app_events(world: World, app: str) -> int:
-    return len(world.events(app, APP_MISCONFIGURED))
+    return len(world.events(f"app:{app}", APP_MISCONFIGURED))
 
 
 # -- legacy Azure DevOps: what users report ------------------------------------------------------
@@ -107,7 +107,7 @@ def test_ado_wrong_client_secret_marks_the_app_not_the_connections(
     for user in users:
         connect(ado, "ado-legacy", user)
     events_before = app_events(ado, "ado-legacy")
-    audits_before = len(ado.audit("ado-legacy", "app.misconfigured"))
+    audits_before = len(ado.audit("app:ado-legacy", "app.misconfigured"))
     ado.ado.reported_errors = reported
     ado.ado.wrong_secret = True
     for user in users:
@@ -124,11 +124,11 @@ def test_ado_wrong_client_secret_marks_the_app_not_the_connections(
     assert mark["error"] == "invalid_client"
     assert mark["provider_code"] is None
     assert mark["since"]
-    events = ado.events("ado-legacy", APP_MISCONFIGURED)
+    events = ado.events("app:ado-legacy", APP_MISCONFIGURED)
     assert len(events) == events_before + 1  # once for the app, not once per connection
     assert events[-1]["data"] == {"app": "ado-legacy", "error": "invalid_client",
                                   "provider_code": None}  # fmt: skip
-    assert len(ado.audit("ado-legacy", "app.misconfigured")) == audits_before + 1
+    assert len(ado.audit("app:ado-legacy", "app.misconfigured")) == audits_before + 1
     # The stored token still lives an hour: callers who do not force are served meanwhile.
     assert ado.token("ado-legacy", users[1], min_ttl="60").status_code == 200
     ado.ado.wrong_secret = False

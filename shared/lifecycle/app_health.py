@@ -46,9 +46,9 @@ class AppHealth:
         log.error("the provider refused app %s itself (%s%s): fix its registration or secret",
                   app_id, exc.oauth_error,
                   f", {exc.provider_code}" if exc.provider_code else "")  # fmt: skip
-        self._events.publish(APP_MISCONFIGURED, app_id, data)
-        self._audit.record(actor, "app.misconfigured", app_id, outcome=AuditOutcome.FAILURE,
-                           detail=data)  # fmt: skip
+        self._events.publish(APP_MISCONFIGURED, f"app:{app_id}", data)
+        self._audit.record(actor, "app.misconfigured", f"app:{app_id}",
+                           outcome=AuditOutcome.FAILURE, detail=data)  # fmt: skip
 
     def working(self, app_id: str, *, actor: str) -> None:
         """The provider accepted the app again: clear its mark, if it has one (one point read).
@@ -63,7 +63,7 @@ class AppHealth:
             return
         if mark is not None and removed:
             detail = {"error": mark.error, "provider_code": mark.provider_code}
-            self._audit.record(actor, "app.recovered", app_id, detail=detail)
+            self._audit.record(actor, "app.recovered", f"app:{app_id}", detail=detail)
 
     def misconfigured(self) -> list[MisconfiguredApp]:
         return list(self._store.entities_in(MisconfiguredApp, MISCONFIGURED_PARTITION))
