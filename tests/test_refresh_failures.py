@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import requests
 
-from shared.providers.refusals import UNRECOGNISED_RETRIES
-from shared.storage.tables.connections import Status
+from shared.providers.refusals import UNRECOGNISED_RETRIES, Kind, judge
+from shared.storage.tables.connections import Connection, Status
 from shared.trail.events import APP_MISCONFIGURED, CONNECTION_NEEDS_REAUTH
 from tests.peers.processes import wait_until
 from tests.peers.world import ADO_CLIENT_ID, World
@@ -81,6 +81,46 @@ def app_events(world: World, app: str) -> int:
     return len(world.events(f"app:{app}", APP_MISCONFIGURED))
 
 
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        # (status, error, description, AADSTS codes, driver) -> (kind, error, provider code)
+        ((400, "invalid_request", "The access token is not valid", [], "azure-devops-oauth"),
+         (Kind.GRANT, "invalid_request", None)),
+        ((400, "invalid_client", "Failed to deserialize the JsonWebToken object.", [],
+          "azure-devops-oauth"), (Kind.CLIENT, "invalid_client", None)),
+        ((401, "", "TF400813: The user 'a@b.c' is not authorized to access this resource.", [],
+          "azure-devops-oauth"), (Kind.CLIENT, "unauthorized_client", "TF400813")),
+        ((400, "invalid_request", "Some other text", [], "azure-devops-oauth"),
+         (Kind.UNRECOGNISED, "invalid_request", None)),
+        ((0, "invalid_grant", "", [70008], "msal"), (Kind.GRANT, "invalid_grant", "AADSTS70008")),
+        ((0, "invalid_request", "", [70008], "msal"),
+         (Kind.GRANT, "invalid_request", "AADSTS70008")),
+        ((0, "invalid_client", "", [7000215], "msal"),
+         (Kind.CLIENT, "invalid_client", "AADSTS7000215")),
+        ((0, "unauthorized_client", "", [700016], "msal"),
+         (Kind.CLIENT, "unauthorized_client", "AADSTS700016")),
+        ((0, "interaction_required", "", [50076], "msal"),
+         (Kind.GRANT, "interaction_required", "AADSTS50076")),
+        ((0, "invalid_request", "", [90014], "msal"),
+         (Kind.UNRECOGNISED, "invalid_request", "AADSTS90014")),
+        ((0, "temporarily_unavailable", "", [], "msal"),
+         (Kind.TRANSIENT, "temporarily_unavailable", None)),
+        ((429, "", "", [], "oauth2"), (Kind.TRANSIENT, "temporarily_unavailable", None)),
+        ((502, "", "", [], "oauth2"), (Kind.TRANSIENT, "temporarily_unavailable", None)),
+        ((400, "invalid_grant", "", [], "oauth2"), (Kind.GRANT, "invalid_grant", None)),
+        ((400, "unauthorized_client", "", [], "oauth2"),
+         (Kind.CLIENT, "unauthorized_client", None)),
+        ((403, "", "", [], "oauth2"), (Kind.UNRECOGNISED, "invalid_response", None)),
+    ],
+)  # fmt: skip
+def test_every_refusal_has_one_meaning(answer: tuple[Any, ...], expected: tuple[Any, ...]) -> None:
+    """The classification docs/providers.md tabulates, per provider."""
+    status, error, description, codes, driver = answer
+    refusal = judge(status, error, description=description, codes=codes, driver=driver)
+    assert (refusal.kind, refusal.error, refusal.provider_code) == expected
+
+
 # -- legacy Azure DevOps: what users report ------------------------------------------------------
 
 
@@ -147,6 +187,22 @@ def test_ado_org_policy_tf400813_marks_the_app(ado: World) -> None:
     assert (mark["error"], mark["provider_code"]) == ("unauthorized_client", "TF400813")
     ado.ado.oauth_disabled_by_org = False
     recover(ado, "ado-legacy", [user])
+
+
+def test_ado_org_policy_at_sign_in_marks_the_app_and_a_sign_in_clears_it(ado: World) -> None:
+    """The code exchange meets TF400813: nothing is stored, the app is marked; the next sign-in
+    that works clears the mark."""
+    user = "rf-ado-policy-connect@contoso.com"
+    ado.ado.oauth_disabled_by_org = True
+    response = ado.connect("ado-legacy", user)
+    assert response.status_code == 502, response.text
+    assert ado.store.read(Connection, "ado-legacy", user) is None
+    assert misconfigured(ado)["ado-legacy"]["provider_code"] == "TF400813"
+    ado.ado.oauth_disabled_by_org = False
+    before = len(ado.audit("app:ado-legacy", "app.recovered"))
+    connect(ado, "ado-legacy", user)
+    assert "ado-legacy" not in misconfigured(ado)
+    assert len(ado.audit("app:ado-legacy", "app.recovered")) == before + 1
 
 
 # -- Entra: AADSTS codes -------------------------------------------------------------------------
