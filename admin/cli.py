@@ -108,6 +108,7 @@ def status(args: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
             for k in rt.api_keys.list()
         ],
         "revocation_failures": [p.public() for p in rt.revoker.credentials.failures()],
+        "misconfigured_apps": [m.public() for m in rt.app_health.misconfigured()],
     }  # fmt: skip
 
 
@@ -142,7 +143,7 @@ def _print_migration(data: dict[str, Any]) -> None:
 def _colour(text: str, state: str, days_left: float | None) -> str:
     if not sys.stdout.isatty() or os.environ.get("NO_COLOR"):
         return text
-    if state in ("needs_reauth", "revoke_failed", "expired") or (
+    if state in ("needs_reauth", "revoke_failed", "expired", "misconfigured") or (
         days_left is not None and days_left < 1
     ):
         return f"{_RED}{text}{_RESET}"
@@ -166,6 +167,10 @@ def _print_status(data: dict[str, Any]) -> None:
                      k["days_left"]))  # fmt: skip
     for f in data["revocation_failures"]:
         rows.append(("revocation", f["credential"], "revoke_failed", "-", None))
+    for m in data["misconfigured_apps"]:
+        code = f", {m['provider_code']}" if m["provider_code"] else ""
+        rows.append(("app", f"{m['app']} ({m['error']}{code} since {m['since'][:16]})",
+                     "misconfigured", "-", None))  # fmt: skip
     if not rows:
         print("nothing stored yet")
         return

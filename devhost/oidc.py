@@ -462,12 +462,20 @@ class OidcServer:
         retry_after: int | None = None,
         error: str | None = None,
         delay_ms: int | None = None,
+        error_codes: list[int] | None = None,
+        error_description: str | None = None,
     ) -> None:
         """Answer the next ``count`` POSTs to ``endpoint`` with ``status`` (and the OAuth error
         body) without reaching the provider; ``status=None`` with ``delay_ms`` only delays them.
-        """
+        ``error_codes`` (AADSTS numbers) makes the body Entra's."""
         body: dict[str, Any] = {"endpoint": endpoint, "status": status, "count": count}
-        optional = {"retry_after": retry_after, "error": error, "delay_ms": delay_ms}
+        optional = {
+            "retry_after": retry_after,
+            "error": error,
+            "delay_ms": delay_ms,
+            "error_codes": error_codes,
+            "error_description": error_description,
+        }
         body.update({key: value for key, value in optional.items() if value is not None})
         self._control("fail", body)
 

@@ -21,10 +21,12 @@
 //   GET  /__control/stats           counters (see emptyStats) from provider events
 //   POST /__control/reset           zero the counters
 //   POST /__control/fail            {endpoint: token|revocation|introspection, status, count?,
-//                                    retry_after?, error?, error_description?, delay_ms?}: the
-//                                    next `count` POSTs there get `status` and an OAuth error
-//                                    body without reaching the provider; status null + delay_ms
-//                                    only delays them
+//                                    retry_after?, error?, error_description?, error_codes?,
+//                                    delay_ms?}: the next `count` POSTs there get `status` and an
+//                                    OAuth error body without reaching the provider; status null
+//                                    + delay_ms only delays them. With error_codes ([70008]) the
+//                                    body is Entra's: AADSTS in the description, error_codes,
+//                                    timestamp, trace_id, correlation_id, error_uri
 //   POST /__control/clear_failures  drop queued failures
 //   POST /__control/ttl             {access_token?, refresh_token?} seconds, for new tokens
 
@@ -232,6 +234,7 @@ function queueFailure(body) {
       error_description: body.error_description ?? `injected by /__control/fail (${status})`,
       retry_after: body.retry_after ?? null,
       delay_ms: body.delay_ms ?? 0,
+      error_codes: body.error_codes ?? null,
     });
   }
   failures.set(body.endpoint, queue);
@@ -276,8 +279,28 @@ async function injectedFailure(req, res, path) {
   bump(stats.injected_failures, endpoint);
   req.resume(); // discard the body so the connection stays usable
   const headers = failure.retry_after === null ? {} : { 'retry-after': String(failure.retry_after) };
-  sendJson(res, failure.status, { error: failure.error, error_description: failure.error_description }, headers);
+  sendJson(res, failure.status, failureBody(failure), headers);
   return true;
+}
+
+// Entra's token error body (learn.microsoft.com "Microsoft Entra authentication and authorization
+// error codes", "Handling error codes in your application"; providers.md §3): the first code as
+// AADSTS in the description, followed by trace lines, and every code in error_codes.
+function failureBody(failure) {
+  if (!failure.error_codes) return { error: failure.error, error_description: failure.error_description };
+  const timestamp = new Date().toISOString().replace('T', ' ').replace(/\.\d+Z$/, 'Z');
+  const [traceId, correlationId] = [randomUUID(), randomUUID()];
+  const first = failure.error_codes[0];
+  return {
+    error: failure.error,
+    error_description: `AADSTS${first}: ${failure.error_description}\r\nTrace ID: ${traceId}\r\n`
+      + `Correlation ID: ${correlationId}\r\nTimestamp: ${timestamp}`,
+    error_codes: failure.error_codes,
+    timestamp,
+    trace_id: traceId,
+    correlation_id: correlationId,
+    error_uri: `${config.issuer}/error?code=${first}`,
+  };
 }
 
 async function handle(req, res) {

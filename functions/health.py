@@ -1,4 +1,5 @@
-"""GET /api/health: is Keysteward up, and can it reach Table Storage."""
+"""GET /api/health: is Keysteward up, can it reach Table Storage, and which apps a provider
+refuses outright (still 200: Keysteward itself is fine, an operator must fix the app)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
             "status": "ok" if reachable else "degraded",
             "version": VERSION,
             "storage": "ok" if reachable else "unreachable",
+            "misconfigured_apps": get_runtime().misconfigured_apps() if reachable else [],
         },
         status=200 if reachable else 503,
     )

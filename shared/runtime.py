@@ -22,6 +22,7 @@ from shared.foundation import crashpoints
 from shared.foundation.clock import Clock, SystemClock
 from shared.foundation.errors import StoreError
 from shared.lifecycle.access_tokens import Tokens
+from shared.lifecycle.app_health import AppHealth
 from shared.lifecycle.connect_flow import Connect
 from shared.lifecycle.credential_revocation import CredentialRevoker
 from shared.lifecycle.expiry_warnings import ExpirySweep
@@ -67,6 +68,7 @@ class Runtime:
     pat_rotations: Rotations
     pat_revocation: PatRevocation
     user_ids: UserIds
+    app_health: AppHealth
 
     def refresh_sweep(self) -> RefreshSweep:
         return RefreshSweep(self.schedule, self.connections, self.clock)
@@ -77,6 +79,14 @@ class Runtime:
             pats=self.managed_pats, rotations=self.pat_rotations, apps=self.apps,
             connections=self.connections,
         )  # fmt: skip
+
+    def misconfigured_apps(self) -> list[dict[str, object]]:
+        """The apps a provider refuses outright, for ``GET /api/health`` (empty when storage
+        does not answer: health says so itself)."""
+        try:
+            return [mark.public() for mark in self.app_health.misconfigured()]
+        except StoreError:
+            return []
 
     def storage_reachable(self) -> bool:
         """Whether Table Storage answers now, within a short timeout and without retries."""
@@ -118,6 +128,7 @@ class Runtime:
         connections = ConnectionStore(store)
         user_ids = UserIds(store, clock)
         schedule = Schedule(store)
+        app_health = AppHealth(store, audit, events, clock)
         tokens = Tokens(
             store=store,
             connections=connections,
@@ -133,6 +144,7 @@ class Runtime:
                 seconds=max(settings.refresh_lease_seconds, settings.provider_timeout_seconds + 5)
             ),
             cooldown=timedelta(seconds=settings.refresh_cooldown_seconds),
+            app_health=app_health,
         )
         managed_pats = ManagedPats(
             store=store,
@@ -173,6 +185,7 @@ class Runtime:
                 allowed_return_urls=settings.allowed_return_urls,
                 schedule=schedule,
                 user_ids=user_ids,
+                app_health=app_health,
             ),
             tokens=tokens,
             schedule=schedule,
@@ -211,6 +224,7 @@ class Runtime:
             ),
             pat_revocation=pat_revocation,
             user_ids=user_ids,
+            app_health=app_health,
         )
 
 

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from shared.config import apps, catalogue
+from shared.config.settings import Settings
 from shared.foundation.errors import SettingsError
 
 ENV = {"PD_ID": "pd-client", "PD_SECRET": "pd-secret-value", "ADO_SECRET": "ado-secret"}
@@ -120,3 +121,43 @@ def test_the_example_apps_file_is_valid(tmp_path: Path) -> None:
     assert {a.provider.name for a in loaded.all()} == {
         "oidc", "entra", "azure-devops-oauth", "pagerduty",
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("public_url", "refused"),
+    [("http://keysteward.contoso.com", True), ("http://10.0.0.4:7071", True),
+     ("https://keysteward.contoso.com", False), ("http://127.0.0.1:7071", False),
+     ("http://localhost:7071", False), ("http://[::1]:7071", False)],
+)  # fmt: skip
+def test_a_legacy_azure_devops_app_needs_an_https_public_url(
+    app_env: dict[str, str], tmp_path: Path, public_url: str, refused: bool
+) -> None:
+    """providers.md §2: its redirect URI must be https; Keysteward's lies under its public URL.
+    Plain http is allowed only on a loopback host (development)."""
+    ado = {"provider": "azure-devops-oauth", "client_id": "6b9c2f1e-4a3d-4c55-9f0e-2d1b7a8c9e01",
+           "client_secret": "${ADO_SECRET}", "scopes": ["vso.work"]}  # fmt: skip
+    apps_file = tmp_path / "apps.yaml"
+    apps_file.write_text(yaml.safe_dump({"apps": {"ado": ado, "pd": PAGERDUTY}}))
+    env = {**app_env, **ENV, "KEYSTEWARD_APPS_FILE": str(apps_file),
+           "KEYSTEWARD_PUBLIC_URL": public_url}  # fmt: skip
+    settings = Settings.from_env(env)
+    if not refused:
+        assert "ado" in apps.load(settings)
+        return
+    with pytest.raises(SettingsError) as caught:
+        apps.load(settings)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "app 'ado'" in message
+    assert "https" in message
+    assert public_url in message
+
+
+def test_an_http_public_url_is_fine_without_a_legacy_azure_devops_app(
+    app_env: dict[str, str], tmp_path: Path
+) -> None:
+    apps_file = tmp_path / "apps.yaml"
+    apps_file.write_text(yaml.safe_dump({"apps": {"pd": PAGERDUTY}}))
+    env = {**app_env, **ENV, "KEYSTEWARD_APPS_FILE": str(apps_file),
+           "KEYSTEWARD_PUBLIC_URL": "http://keysteward.contoso.com"}  # fmt: skip
+    assert "pd" in apps.load(Settings.from_env(env))

@@ -23,6 +23,7 @@ from shared.foundation.clock import SystemClock
 from shared.foundation.errors import NotFound, Unauthorized
 from shared.storage.store import Store
 from shared.storage.tables.api_keys import ApiKey
+from shared.storage.tables.misconfigured_apps import MisconfiguredApp
 from shared.trail.audit import AuditLog
 from tests.peers.processes import ROOT, free_port
 from tests.peers.world import World
@@ -414,8 +415,35 @@ def test_status_shows_connections_pats_and_keys(world: World) -> None:
     as_json = subprocess.run([str(ROOT / "keysteward"), "status", "--json"], env=env, cwd=ROOT,
                              capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     data = json.loads(as_json.stdout)
-    assert set(data) == {"connections", "managed_pats", "api_keys", "revocation_failures"}
+    assert set(data) == {"connections", "managed_pats", "api_keys", "revocation_failures",
+                         "misconfigured_apps"}  # fmt: skip
     mine = [c for c in data["connections"] if c["resource"] == "oidc-demo/status-user@contoso.com"]
     assert mine[0]["status"] == "active"
     assert mine[0]["days_left"] is not None
     assert any(k["name"] == "admin" for k in data["api_keys"])
+
+
+def test_status_shows_misconfigured_apps(world: World) -> None:
+    """An app a provider refuses outright is listed, with its code and since when."""
+    since = datetime.now(UTC)
+    mark = MisconfiguredApp(
+        app="entra-demo", error="invalid_client", since=since, provider_code="AADSTS7000215"
+    )
+    world.store.create(mark)
+    command = [str(ROOT / "keysteward"), "status"]
+    run = {"env": world.env, "cwd": ROOT, "capture_output": True, "text": True, "timeout": 120}
+    try:
+        table = subprocess.run(command, **run, check=False)  # type: ignore[call-overload]
+        as_json = subprocess.run([*command, "--json"], **run, check=False)  # type: ignore[call-overload]
+
+    finally:
+        world.store.remove(mark)
+    assert table.returncode == 0, table.stderr
+    line = next(row for row in table.stdout.splitlines() if row.startswith("app "))
+    assert "entra-demo (invalid_client, AADSTS7000215 since" in line
+    assert "misconfigured" in line
+    [listed] = json.loads(as_json.stdout)["misconfigured_apps"]
+    assert listed["since"][:19] == since.isoformat()[:19]
+    assert {k: v for k, v in listed.items() if k != "since"} == {
+        "app": "entra-demo", "error": "invalid_client", "provider_code": "AADSTS7000215"
+    }  # fmt: skip

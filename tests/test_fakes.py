@@ -533,6 +533,40 @@ def test_ado_connect_flow_as_documented(ado: AzureDevOpsOAuthFake, http: request
     assert ado.violations == []
 
 
+def test_ado_answers_the_reported_bodies_when_asked(
+    ado: AzureDevOpsOAuthFake, http: requests.Session
+) -> None:
+    """providers.md §8: what users report (azure-devops-docs#8583, coder/coder#6886, TF400813),
+    beside the spec-shaped answers the switches leave alone when off."""
+    tokens = ado_connect(http, ado)
+    ado.revoke_all()
+    spec = ado_refresh(http, ado, tokens["refresh_token"], ADO_APP.client_secret)
+    assert (spec.status_code, spec.json()["Error"]) == (400, "invalid_grant")
+    ado.reported_errors = True
+    dead = ado_refresh(http, ado, tokens["refresh_token"], ADO_APP.client_secret)
+    assert dead.status_code == 400
+    assert dead.json() == {"Error": "invalid_request",
+                           "ErrorDescription": "The access token is not valid"}  # fmt: skip
+    ado.wrong_secret = True
+    wrong = ado_token(http, ado, ado_code(ado))
+    assert (wrong.status_code, wrong.json()["ErrorDescription"]) == (
+        400, "Failed to deserialize the JsonWebToken object.")  # fmt: skip
+    ado.reported_errors = False
+    assert ado_token(http, ado, ado_code(ado)).status_code == 401  # RFC 6749 §5.2 invalid_client
+    ado.wrong_secret = False
+    fresh = ado_connect(http, ado)
+    ado.oauth_disabled_by_org = True
+    for response in (
+        profile(http, ado, fresh["access_token"]),
+        ado_refresh(http, ado, fresh["refresh_token"], ADO_APP.client_secret),
+    ):
+        assert response.status_code == 401
+        assert response.json()["message"].startswith("TF400813: ")
+        assert response.json()["typeKey"] == "UnauthorizedRequestException"  # fmt: skip
+    ado.oauth_disabled_by_org = False
+    assert profile(http, ado, fresh["access_token"]).status_code == 200
+
+
 def test_ado_expires_in_type_is_configurable(http: requests.Session) -> None:
     with AzureDevOpsOAuthFake(ADO_APP, expires_in_as_string=False, expires_in=60) as fake:
         assert ado_connect(http, fake)["expires_in"] == 60

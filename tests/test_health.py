@@ -24,7 +24,12 @@ def devhost(app_env: dict[str, str], tmp_path: Path) -> Iterator[DevHost]:
 def test_health_is_ok_when_storage_answers(devhost: DevHost) -> None:
     response = requests.get(devhost.api("health"), timeout=10)
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "version": VERSION, "storage": "ok"}
+    assert response.json() == {
+        "status": "ok",
+        "version": VERSION,
+        "storage": "ok",
+        "misconfigured_apps": [],
+    }
     assert response.headers["Content-Type"].startswith("application/json")
 
 
@@ -44,4 +49,5 @@ def test_health_is_503_when_storage_does_not_answer(
     assert body["status"] != "ok"
     for secret in (DEV_KEY, key_ring_spec.split(",", 1)[0].split(":")[1], str(closed)):
         assert secret not in response.text
-    assert set(body) == {"status", "version", "storage"}
+    assert set(body) == {"status", "version", "storage", "misconfigured_apps"}
+    assert body["misconfigured_apps"] == []

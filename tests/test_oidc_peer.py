@@ -322,6 +322,22 @@ def test_injected_failures_count_and_error_code(server: OidcServer) -> None:
     assert refresh(server, token).status_code == 200
 
 
+def test_injected_failures_answer_as_entra_with_error_codes(server: OidcServer) -> None:
+    """learn.microsoft.com "Microsoft Entra authentication and authorization error codes": the
+    AADSTS code leads the description, and error_codes, trace_id, correlation_id follow."""
+    token = connect(server)["refresh_token"]
+    expired = "The refresh token has expired due to inactivity."
+    server.fail_next("token", 400, error="invalid_grant", error_codes=[70008],
+                     error_description=expired)  # fmt: skip
+    body = refresh(server, token).json()
+    assert body["error"] == "invalid_grant"
+    assert body["error_codes"] == [70008]
+    assert body["error_description"].startswith("AADSTS70008: The refresh token has expired")
+    assert "\r\nTrace ID: " in body["error_description"]
+    assert {"timestamp", "trace_id", "correlation_id", "error_uri"} <= set(body)
+    assert refresh(server, token).status_code == 200
+
+
 def test_injected_delay_only(server: OidcServer) -> None:
     token = connect(server)["refresh_token"]
     server.fail_next("token", None, delay_ms=300)

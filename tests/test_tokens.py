@@ -238,7 +238,7 @@ def test_a_response_without_a_refresh_token_keeps_the_old_one(world: World) -> N
 
 @pytest.mark.parametrize(
     ("app", "error"),
-    [("oidc-demo", "invalid_grant"), ("oidc-demo", "unauthorized_client"),
+    [("oidc-demo", "invalid_grant"), ("oidc-demo", "consent_required"),
      ("entra-demo", "invalid_grant")],
 )  # fmt: skip
 def test_a_dead_grant_needs_reauth_once(world: World, app: str, error: str) -> None:
@@ -348,7 +348,8 @@ def test_a_refused_connection_is_a_transient_failure(world: World) -> None:
         ({"error": "invalid_grant", "error_codes": [50173]}, "GrantInvalid"),
         ({"error": "interaction_required", "error_codes": [50076]}, "GrantInvalid"),
         ({"error": "temporarily_unavailable", "error_codes": []}, "ProviderUnavailable"),
-        ({"error": "invalid_client", "error_codes": [7000222]}, "ProviderError"),
+        ({"error": "invalid_client", "error_codes": [7000222]}, "ClientInvalid"),
+        ({"error": "invalid_request", "error_codes": [90014]}, "RefusalUnrecognised"),
     ],
 )
 def test_msal_error_data_is_classified(result: dict[str, object], expected: str) -> None:

@@ -15,6 +15,7 @@ reference), never a literal. Everything is validated at start-up; errors name th
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from shared.config.catalogue import Provider, providers
-from shared.config.settings import APPS_FILE, Settings
+from shared.config.settings import APPS_FILE, PUBLIC_URL, Settings
 from shared.foundation.errors import NotFound, SettingsError
 from shared.foundation.secret import Secret
 
@@ -118,7 +119,33 @@ def load(settings: Settings) -> Apps:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise SettingsError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
-    return parse(data, settings.environment, str(path))
+    loaded = parse(data, settings.environment, str(path))
+    _redirects_reachable(loaded, settings.public_url, str(path))
+    return loaded
+
+
+def _redirects_reachable(apps: Apps, public_url: str, source: str) -> None:
+    """Legacy Azure DevOps OAuth takes only https redirect URIs (providers.md §2), and Keysteward's
+    is under its public URL: refuse at start-up what every sign-in would fail on. Plain http on a
+    loopback host stays allowed: a developer's machine, which no real Azure DevOps calls back."""
+    parts = urlsplit(public_url)
+    if parts.scheme == "https" or _loopback(parts.hostname or ""):
+        return
+    for app in apps.all():
+        if app.provider.driver == "azure-devops-oauth":
+            raise SettingsError(
+                f"{source}: app '{app.id}': legacy Azure DevOps OAuth accepts only an https "
+                f"redirect URI, but {PUBLIC_URL} is '{public_url}': serve Keysteward over https"
+            )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse(data: Any, env: Mapping[str, str], source: str = "apps.yaml") -> Apps:

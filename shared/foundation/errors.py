@@ -23,9 +23,13 @@
     ├── CryptoError
     │   └── DecryptionError       503: unknown kid, wrong key, or a ciphertext moved to another row
     ├── PatError                  Azure DevOps refused a PAT operation (``pat_error``, own status)
-    └── ProviderError             502: a provider answered with an OAuth error (``oauth_error``)
+    └── ProviderError             502: a provider answered with an OAuth error (``oauth_error``,
+        │                         and ``provider_code`` such as AADSTS70008 when it gives one)
         ├── GrantInvalid          424 needs_reauth: the grant is dead (invalid_grant and kin, or a
         │                         connection already marked so): the user must connect again
+        ├── ClientInvalid         502 app_misconfigured: the provider refused the app itself
+        │                         (invalid_client, unauthorized_client, TF400813)
+        ├── RefusalUnrecognised   502: a 4xx neither transient nor known (retried, then as dead)
         └── ProviderUnavailable   503: network error, timeout, 5xx, 429 (``retry_after``)
 
 Messages are written for humans and never contain secret values.
@@ -185,11 +189,17 @@ class ProviderError(KeystewardError):
     status = 502
 
     def __init__(
-        self, message: str, *, oauth_error: str = "server_error", http_status: int | None = None
+        self,
+        message: str,
+        *,
+        oauth_error: str = "server_error",
+        http_status: int | None = None,
+        provider_code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.oauth_error = oauth_error
         self.http_status = http_status
+        self.provider_code = provider_code
 
 
 class GrantInvalid(ProviderError):
@@ -198,6 +208,19 @@ class GrantInvalid(ProviderError):
 
     error = "needs_reauth"
     status = 424
+
+
+class ClientInvalid(ProviderError):
+    """The provider refused the app, not the grant: a wrong or expired client secret, an app it
+    does not know or allow, an organisation policy. An operator's fix: the app is marked
+    misconfigured and no connection is touched for it."""
+
+    error = "app_misconfigured"
+
+
+class RefusalUnrecognised(ProviderError):
+    """A 4xx that is neither transient nor known: retried a bounded number of times
+    (``shared.providers.refusals.UNRECOGNISED_RETRIES``), then the grant is treated as dead."""
 
 
 class ProviderUnavailable(ProviderError):

@@ -8,8 +8,9 @@ Nothing secret may enter the trail (nor an event, which reuses ``redact``). Two 
   name contains a long fragment such as ``token``, ``secret`` or ``apikey`` (``accessToken``,
   ``apikey``) -- unless its last word says the value only describes the secret (``key_id``,
   ``token_type``, ``secret_expires_at``, ``code_challenge_method``, ``token_endpoint``) or it is
-  a well-known harmless name (``status_code``, ``error_code``). Its whole value, however nested,
-  becomes ``"[redacted]"``. Booleans and nulls are kept: they cannot carry a secret.
+  a well-known harmless name (``status_code``, ``error_code``, ``provider_code``). Its whole
+  value, however nested, becomes ``"[redacted]"``. Booleans and nulls are kept: they cannot
+  carry a secret.
 * **By shape**, for every string anywhere: known credential formats are cut out wherever they
   appear (Keysteward API keys ``ks_...``, JWTs ``eyJ...eyJ...``, PagerDuty ``pdus+_...``,
   GitHub, Slack and AWS key formats, PEM private keys, Standard Webhooks ``whsec_`` secrets,
@@ -158,6 +159,7 @@ _HARMLESS_NAMES = frozenset(
         "countrycode",
         "currencycode",
         "languagecode",
+        "providercode",  # a provider's error code (AADSTS70008, TF400813), not an OAuth code
     }
 )
 

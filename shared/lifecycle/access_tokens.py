@@ -36,6 +36,7 @@ from datetime import datetime, timedelta
 from shared.config.apps import App, Apps
 from shared.foundation.clock import Clock
 from shared.foundation.errors import (
+    ClientInvalid,
     DecryptionError,
     GrantInvalid,
     InputError,
@@ -44,8 +45,10 @@ from shared.foundation.errors import (
     NotFound,
     ProviderError,
     RefreshUnavailable,
+    RefusalUnrecognised,
     StoreError,
 )
+from shared.lifecycle.app_health import AppHealth
 from shared.lifecycle.grants import grant_of
 from shared.lifecycle.refresh_policy import (
     AccessToken,
@@ -58,6 +61,7 @@ from shared.lifecycle.refresh_policy import (
 )
 from shared.lifecycle.refresh_results import RefreshWriter
 from shared.providers.drivers import Drivers
+from shared.providers.refusals import UNRECOGNISED_RETRIES
 from shared.storage.lease import Lease, Leases
 from shared.storage.store import Store
 from shared.storage.tables.audit import AuditOutcome
@@ -107,7 +111,9 @@ class Tokens:
         clock: Clock,
         lease_ttl: timedelta,
         cooldown: timedelta,
+        app_health: AppHealth,
     ) -> None:
+        self._app_health = app_health
         self._store = store
         self._connections = connections
         self._leases = leases
@@ -276,19 +282,39 @@ class Tokens:
         grant = grant_of(connection)
         try:
             fresh = self._drivers.for_app(app).refresh(app, grant)
-        except GrantInvalid as exc:
-            latest = self._writer.mark_needs_reauth(app, connection, exc)
-            if latest is not None:
-                return token_of(latest)  # someone stored a newer grant: the one we used was stale
-            raise GrantInvalid(
-                f"the grant for '{connection.resource}' is no longer valid "
-                f"({exc.oauth_error}): the user must connect again",
-                oauth_error=exc.oauth_error,
-            ) from None
         except ProviderError as exc:
-            retry_in = self._writer.record_failure(app, connection, exc)
-            return self._backing_off(connection, self._clock.now(), ttl, retry_in, force=force)
-        return self._writer.store_refreshed(app, connection, fresh, now)
+            return self._refused(app, connection, exc, ttl, force=force)
+        token = self._writer.store_refreshed(app, connection, fresh, now)
+        self._app_health.working(app.id, actor="system:refresh")
+        return token
+
+    def _refused(
+        self, app: App, connection: Connection, exc: ProviderError, ttl: timedelta, *, force: bool
+    ) -> AccessToken:
+        """What a failed refresh leaves (shared.providers.refusals): a dead grant needs the user
+        again; anything else backs off, an app refused outright is marked, and an unrecognised
+        refusal that keeps coming is at last taken for a dead grant (no silent loop)."""
+        unrecognised = isinstance(exc, RefusalUnrecognised)
+        if isinstance(exc, GrantInvalid) or (
+            unrecognised and connection.refusals >= UNRECOGNISED_RETRIES
+        ):
+            return self._dead(app, connection, exc)
+        retry_in = self._writer.record_failure(app, connection, exc, refusal=unrecognised)
+        if isinstance(exc, ClientInvalid):
+            self._app_health.refused(app.id, exc, actor="system:refresh")
+        return self._backing_off(connection, self._clock.now(), ttl, retry_in, force=force)
+
+    def _dead(self, app: App, connection: Connection, exc: ProviderError) -> AccessToken:
+        """Mark the grant dead (424), unless a newer one was stored meanwhile (served then)."""
+        latest = self._writer.mark_needs_reauth(app, connection, exc)
+        if latest is not None:
+            return token_of(latest)  # someone stored a newer grant: the one we used was stale
+        raise GrantInvalid(
+            f"the grant for '{connection.resource}' is no longer valid "
+            f"({exc.oauth_error}): the user must connect again",
+            oauth_error=exc.oauth_error,
+            provider_code=exc.provider_code,
+        ) from None
 
     def _backing_off(
         self,

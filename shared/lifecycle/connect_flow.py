@@ -26,6 +26,7 @@ from shared.foundation.clock import Clock
 from shared.foundation.errors import (
     AlreadyExists,
     CallbackFailed,
+    ClientInvalid,
     ConcurrencyConflict,
     Contended,
     InputError,
@@ -33,6 +34,7 @@ from shared.foundation.errors import (
     ProviderError,
 )
 from shared.foundation.secret import Secret
+from shared.lifecycle.app_health import AppHealth
 from shared.lifecycle.browser_binding import WRONG_BROWSER, WRONG_BROWSER_MESSAGE, BrowserBinding
 from shared.lifecycle.caller_requests import NewLink
 from shared.lifecycle.grant_checks import (
@@ -99,7 +101,9 @@ class Connect:
         allowed_return_urls: tuple[str, ...],
         schedule: Schedule,
         user_ids: UserIds,
+        app_health: AppHealth,
     ) -> None:
+        self._app_health = app_health
         self._schedule = schedule
         self._user_ids = user_ids
         self._store = store
@@ -298,10 +302,12 @@ class Connect:
         driver = self._drivers.for_app(app)
         try:
             pending = json.loads(state.pending.reveal())
-            return driver.finish(app, pending, params, state.redirect_uri)
+            grant = driver.finish(app, pending, params, state.redirect_uri)
         except InputError as exc:
             raise CallbackFailed(400, "invalid_answer", exc.message) from None
         except ProviderError as exc:
+            if isinstance(exc, ClientInvalid):
+                self._app_health.refused(app.id, exc, actor="system:connect")
             raise CallbackFailed(
                 502,
                 "code_exchange_failed",
@@ -309,6 +315,8 @@ class Connect:
                 f"the sign-in ({exc.oauth_error}); nothing was stored. Codes "
                 "are short-lived: start again from a new link.",
             ) from None
+        self._app_health.working(app.id, actor="system:connect")
+        return grant
 
     def _discard(self, app: App, grant: Grant) -> None:
         # A grant we will not keep is revoked where the provider allows, so nothing dangles.
@@ -382,4 +390,6 @@ def _reconnected(connection: Connection, grant: Grant, state: OAuthState, now: d
     connection.refresh_failures = 0
     connection.last_error = connection.next_attempt_at = None
     connection.needs_reauth_at = connection.revoked_at = None
+    connection.reauth_error = connection.reauth_code = None
+    connection.refusals = 0
     connection.last_refreshed_at = now

@@ -114,7 +114,8 @@ def check_servable(connection: Connection) -> None:
     if connection.status == Status.NEEDS_REAUTH:
         raise GrantInvalid(
             f"the connection '{connection.resource}' needs the user to connect again",
-            oauth_error=connection.last_error or "invalid_grant",
+            oauth_error=connection.reauth_error or connection.last_error or "invalid_grant",
+            provider_code=connection.reauth_code,
         )
 
 

@@ -73,7 +73,7 @@ class RefreshWriter:
         def attempt() -> AccessToken:
             row = rows[-1]
             take_grant(row, grant, now)
-            row.last_refreshed_at, row.refresh_failures = now, 0
+            row.last_refreshed_at, row.refresh_failures, row.refusals = now, 0, 0
             row.last_error = row.next_attempt_at = None
             try:
                 self._write_patiently(app, row)
@@ -140,7 +140,8 @@ class RefreshWriter:
             """(whether we marked it, a newer grant someone stored meanwhile)."""
             row = rows[-1]
             row.status, row.needs_reauth_at = Status.NEEDS_REAUTH, self._clock.now()
-            row.last_error = f"{exc.oauth_error}"
+            row.last_error = row.reauth_error = exc.oauth_error
+            row.reauth_code = exc.provider_code
             try:
                 self._write_released(app, row)
             except ConcurrencyConflict:
@@ -157,14 +158,20 @@ class RefreshWriter:
         if not marked:
             return newer
         # Only the lease holder writes this transition, so the event goes out once.
-        data = {"app": app.id, "user_id": connection.user_id, "error": exc.oauth_error}
+        data = {"app": app.id, "user_id": connection.user_id, "error": exc.oauth_error,
+                "provider_code": exc.provider_code}  # fmt: skip
         self._events.publish(CONNECTION_NEEDS_REAUTH, connection.resource, data)
         self._audit.record("system:refresh", "connection.needs_reauth", connection.resource,
                            outcome=AuditOutcome.FAILURE, detail=data)  # fmt: skip
         return None
 
-    def record_failure(self, app: App, connection: Connection, exc: ProviderError) -> float:
+    def record_failure(
+        self, app: App, connection: Connection, exc: ProviderError, *, refusal: bool = False
+    ) -> float:
+        """A failure that leaves the connection active: back off (``refusal``: an unrecognised
+        refusal, counted towards ``UNRECOGNISED_RETRIES``)."""
         connection.refresh_failures += 1
+        connection.refusals += 1 if refusal else 0
         retry_after = exc.retry_after if isinstance(exc, ProviderUnavailable) else None
         delay = backoff(connection.refresh_failures, retry_after)
         connection.next_attempt_at = self._clock.now() + timedelta(seconds=delay)

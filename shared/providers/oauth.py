@@ -16,13 +16,16 @@ from urllib.parse import quote_plus
 import requests
 import requests.auth
 
-from shared.foundation.errors import GrantInvalid, ProviderError, ProviderUnavailable
+from shared.foundation.errors import (
+    ClientInvalid,
+    GrantInvalid,
+    ProviderError,
+    ProviderUnavailable,
+    RefusalUnrecognised,
+)
 from shared.foundation.secret import Secret
 from shared.providers.identity import Identity
-
-# OAuth errors that mean the grant itself is dead: only a new consent brings it back.
-PERMANENT = frozenset({"invalid_grant", "unauthorized_client", "interaction_required",
-                       "consent_required", "access_denied"})  # fmt: skip
+from shared.providers.refusals import Kind, Refusal, judge
 
 
 @dataclass
@@ -101,13 +104,14 @@ def token_request(
     *,
     auth: tuple[str, str] | None = None,
     what: str = "token request",
+    driver: str = "oauth2",
 ) -> dict[str, Any]:
     """POST a form to a token endpoint; the JSON answer, or the fitting ``ProviderError``."""
     response = _post_form(session, url, data, auth=auth, what=what)
     body = response_json(response)
     if response.status_code == 200 and isinstance(body, dict):
         return body
-    raise classify(response, body, what)
+    raise classify(response, body, what, driver=driver)
 
 
 def revocation_request(
@@ -160,32 +164,44 @@ def response_json(response: requests.Response) -> Any:
         return None
 
 
-def classify(response: requests.Response, body: Any, what: str) -> ProviderError:
-    """The domain error for a provider's non-success answer. Descriptions are kept short and
-    never include request data."""
+def classify(
+    response: requests.Response, body: Any, what: str, *, driver: str = "oauth2"
+) -> ProviderError:
+    """The domain error for a provider's non-success answer (its meaning: ``refusals.judge``).
+    Messages name codes only: a description can carry the user's name or a trace id."""
     status = response.status_code
     error, description = _oauth_error(body)
-    if status == 429 or status >= 500 or error == "temporarily_unavailable":
+    refusal = judge(status, error, description=description, driver=driver)
+    if refusal.kind is Kind.TRANSIENT:
         return ProviderUnavailable(
             f"{what}: the provider answered {status}" + (f" ({error})" if error else ""),
-            oauth_error=error or "temporarily_unavailable",
+            oauth_error=refusal.error,
             http_status=status,
             retry_after=retry_after(response.headers.get("Retry-After")),
         )
-    message = f"{what}: the provider refused ({status} {error or 'no error code'})"
-    if description:
-        message += f": {description[:200]}"
-    if error in PERMANENT:
-        return GrantInvalid(message, oauth_error=error, http_status=status)
-    return ProviderError(message, oauth_error=error or "invalid_response", http_status=status)
+    code = f", {refusal.provider_code}" if refusal.provider_code else ""
+    message = f"{what}: the provider refused ({status} {error or 'no error code'}{code})"
+    return refused(refusal, message, status)
+
+
+def refused(refusal: Refusal, message: str, status: int | None = None) -> ProviderError:
+    """The error of the tree for a refusal that is not transient."""
+    kind: type[ProviderError] = {
+        Kind.GRANT: GrantInvalid, Kind.CLIENT: ClientInvalid,
+        Kind.UNRECOGNISED: RefusalUnrecognised, Kind.TRANSIENT: ProviderUnavailable,
+    }[refusal.kind]  # fmt: skip
+    return kind(message, oauth_error=refusal.error, http_status=status,
+                provider_code=refusal.provider_code)  # fmt: skip
 
 
 def _oauth_error(body: Any) -> tuple[str, str]:
     if not isinstance(body, dict):
         return "", ""
-    # Legacy Azure DevOps writes {"Error": ..., "ErrorDescription": ...}.
+    # Legacy Azure DevOps writes {"Error": ..., "ErrorDescription": ...}, and its REST APIs
+    # {"message": "TF400813: ...", "typeKey": ...}.
     error = body.get("error") or body.get("Error") or ""
-    description = body.get("error_description") or body.get("ErrorDescription") or ""
+    description = (body.get("error_description") or body.get("ErrorDescription")
+                   or body.get("message") or "")  # fmt: skip
     if isinstance(error, dict):  # some REST APIs nest {"error": {"message", "code"}}
         description = str(error.get("message", ""))
         error = str(error.get("code", ""))

@@ -36,6 +36,7 @@ CONNECTION_CREATED = "keysteward.connection.created"
 CONNECTION_RECOVERED = "keysteward.connection.recovered"
 CONNECTION_RECONNECTED = "keysteward.connection.reconnected"
 CONNECTION_NEEDS_REAUTH = "keysteward.connection.needs_reauth"
+APP_MISCONFIGURED = "keysteward.app.misconfigured"
 CREDENTIAL_ROTATED = "keysteward.credential.rotated"
 CREDENTIAL_REVOKED = "keysteward.credential.revoked"
 CREDENTIAL_EXPIRING = "keysteward.credential.expiring"
@@ -46,6 +47,7 @@ EVENT_TYPES = (
     CONNECTION_RECOVERED,
     CONNECTION_RECONNECTED,
     CONNECTION_NEEDS_REAUTH,
+    APP_MISCONFIGURED,
     CREDENTIAL_ROTATED,
     CREDENTIAL_REVOKED,
     CREDENTIAL_EXPIRING,

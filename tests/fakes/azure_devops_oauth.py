@@ -24,6 +24,22 @@ CODE_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 REFRESH_GRANT = "refresh_token"
 TOKEN_FIELDS = ("client_assertion_type", "client_assertion", "grant_type", "assertion")
 ISSUER = "app.vssps.visualstudio.com"
+# What users report the real service answers (providers.md §8), beside the spec-shaped answers:
+# a refresh token no longer accepted (MicrosoftDocs/azure-devops-docs#8583, no status given: 400
+# as for every token-endpoint refusal reported) ...
+REPORTED_DEAD_REFRESH = {
+    "Error": "invalid_request",
+    "ErrorDescription": "The access token is not valid",
+}
+# ... a wrong client secret, e.g. the "App Secret" sent for the "Client Secret" (coder/coder#6886,
+# "400 Bad Request"; the same body in gitsense/insight#21) ...
+REPORTED_WRONG_SECRET = {
+    "Error": "invalid_client",
+    "ErrorDescription": "Failed to deserialize the JsonWebToken object.",
+}
+# ... and an organisation that turned off third-party OAuth access (providers.md §2): Azure DevOps'
+# REST error envelope with TF400813, in a 401. The user named in the message is the caller's.
+TF400813 = "TF400813: The user '{user}' is not authorized to access this resource."
 
 
 @dataclass(frozen=True)
@@ -91,6 +107,15 @@ class AzureDevOpsOAuthFake(FakeServer):
         self._codes: dict[str, _Code] = {}
         self._profiles: dict[str, dict[str, Any]] = {}  # grant id -> the profile that consented
         self._deny = 0
+        # Switches a test flips (off: the spec-shaped answers above):
+        # the bodies users report (REPORTED_*) instead of RFC 6749 §5.2 codes
+        self.reported_errors = False
+        # every secret is refused as if the operator had configured the wrong one
+        self.wrong_secret = False
+        # the organisation turned off "Third-party application access via OAuth": APIs answer
+        # TF400813 (§2); UNCONFIRMED whether the token endpoint does too (the issue reports it
+        # among refresh failures), so with this switch it does
+        self.oauth_disabled_by_org = False
 
     # -- test controls ---------------------------------------------------------------------------
 
@@ -212,11 +237,15 @@ class AzureDevOpsOAuthFake(FakeServer):
         if f["grant_type"] not in (CODE_GRANT, REFRESH_GRANT):
             reason = f"grant_type must be {CODE_GRANT!r} or 'refresh_token'"
             raise self._error(r, 400, "invalid_request", reason)
-        app = self._app_by_secret(f["client_assertion"])
+        if self.oauth_disabled_by_org:
+            raise Refusal(self._org_policy())
+        app = None if self.wrong_secret else self._app_by_secret(f["client_assertion"])
         if app is None:
+            if self.reported_errors:
+                raise Refusal(Response.json(400, REPORTED_WRONG_SECRET))
             retired = f["client_assertion"] in self._retired
             reason = "client secret was regenerated" if retired else "client secret unknown"
-            raise self._error(r, 401, "invalid_client", reason)
+            raise self._error(r, 401, "invalid_client", reason, fault=not self.wrong_secret)
         if f["redirect_uri"] != app.redirect_uri:
             raise self._error(r, 400, "invalid_request", "redirect_uri is not the registered one")
         if f["grant_type"] == CODE_GRANT:
@@ -246,9 +275,11 @@ class AzureDevOpsOAuthFake(FakeServer):
     def _refresh(self, r: Incoming, app: AzureDevOpsApp) -> Response:
         value = r.form["assertion"]
         token = self._tokens.get(value)
+        state = self._tokens.state(value) if token is not None else None
+        if self.reported_errors and state is not TokenState.ACTIVE:
+            return Response.json(400, REPORTED_DEAD_REFRESH)
         if token is None or token.kind != "refresh" or token.client_id != app.client_id:
             raise self._error(r, 400, "invalid_grant", "refresh token unknown to this app")
-        state = self._tokens.state(value)
         if state is TokenState.ROTATED:
             if self.reuse_revokes_grant:
                 self._tokens.revoke_grant(token.grant_id)
@@ -310,8 +341,19 @@ class AzureDevOpsOAuthFake(FakeServer):
             return self._unauthorized()
         if self._tokens.state(value) is not TokenState.ACTIVE:
             return self._unauthorized()  # §2: after revocation, API calls return 401
+        if self.oauth_disabled_by_org:
+            return self._org_policy(self._profiles.get(token.grant_id, self.profile))
         # Azure DevOps REST "Profiles - Get": the profile of the user the token belongs to.
         return Response.json(200, self._profiles.get(token.grant_id, self.profile))
+
+    def _org_policy(self, profile: Mapping[str, Any] | None = None) -> Response:
+        user = (profile or self.profile).get("emailAddress", "")
+        return Response.json(401, {
+            "$id": "1", "innerException": None, "message": TF400813.format(user=user),
+            "typeName": "Microsoft.TeamFoundation.Framework.Server.UnauthorizedRequestException, "
+                        "Microsoft.TeamFoundation.Framework.Server",
+            "typeKey": "UnauthorizedRequestException", "errorCode": 0, "eventId": 3000,
+        })  # fmt: skip
 
     @staticmethod
     def _unauthorized() -> Response:

@@ -77,7 +77,7 @@ class AzureDevOpsOAuth:
             raise ProviderUnavailable(f"profile: {type(exc).__name__}") from None
         body = response_json(response)
         if response.status_code != 200 or not isinstance(body, dict):
-            raise classify(response, body, "profile")
+            raise classify(response, body, "profile", driver=app.provider.driver)
         claims = {"sub": body.get("id"), "email": body.get("emailAddress")}
         return from_claims(claims, app.provider)
 
@@ -92,4 +92,4 @@ class AzureDevOpsOAuth:
             "redirect_uri": redirect_uri,
         }
         url = app.token_url or app.provider.token_url or ""
-        return token_request(self._session, url, data, what=what)
+        return token_request(self._session, url, data, what=what, driver=app.provider.driver)

@@ -23,13 +23,8 @@ from shared.foundation.errors import GrantInvalid, InputError, ProviderError, Pr
 from shared.foundation.secret import Secret
 from shared.providers.drivers.base import AuthRequest
 from shared.providers.identity import from_claims
-from shared.providers.oauth import PERMANENT, Grant
-
-# AADSTS codes that mean the grant is gone (providers.md §3): inactivity, revoked, admin or user
-# revocation, sign-in frequency, SPA lifetime, code redeemed, no consent, MFA, Conditional Access.
-DEAD_GRANT_CODES = frozenset({700082, 70008, 50173, 70043, 700084, 54005, 65001, 50076,
-                              50079, 53003, 501481})  # fmt: skip
-TRANSIENT = frozenset({"temporarily_unavailable", "server_error"})
+from shared.providers.oauth import Grant, refused
+from shared.providers.refusals import Kind, judge
 
 
 class Entra:
@@ -158,14 +153,13 @@ class Entra:
 
 
 def _classify(result: Mapping[str, Any]) -> ProviderError:
+    """MSAL hands back Entra's error body, not the HTTP status: AADSTS codes and ``error`` decide
+    (``refusals.judge``). The description is never kept: it names the user and trace ids."""
     error = str(result.get("error") or "")
-    codes = {int(c) for c in result.get("error_codes") or [] if str(c).isdigit()}
-    description = str(result.get("error_description") or "").split("\n")[0][:200]
-    message = (
-        f"Entra refused ({error}{', AADSTS' + str(min(codes)) if codes else ''}): {description}"
-    )
-    if error in TRANSIENT:
-        return ProviderUnavailable(message, oauth_error=error)
-    if error in PERMANENT or codes & DEAD_GRANT_CODES:
-        return GrantInvalid(message, oauth_error=error or "invalid_grant")
-    return ProviderError(message, oauth_error=error or "invalid_response")
+    codes = [int(c) for c in result.get("error_codes") or [] if str(c).isdigit()]
+    refusal = judge(0, error, codes=codes, driver="msal")
+    code = f", {refusal.provider_code}" if refusal.provider_code else ""
+    message = f"Entra refused ({error or 'no error code'}{code})"
+    if refusal.kind is Kind.TRANSIENT:
+        return ProviderUnavailable(message, oauth_error=refusal.error)
+    return refused(refusal, message)

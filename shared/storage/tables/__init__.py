@@ -10,6 +10,7 @@ from shared.storage.tables.audit import AuditEntry
 from shared.storage.tables.connect_links import ConnectLink, OAuthState
 from shared.storage.tables.connections import Connection, UserConnection
 from shared.storage.tables.expiry_warnings import ExpiryWarning
+from shared.storage.tables.misconfigured_apps import MisconfiguredApp
 from shared.storage.tables.pats import ManagedPat, PatOfConnection
 from shared.storage.tables.revocations import Outcome, PendingRevocation, Revocation
 from shared.storage.tables.schedule import ScheduleEntry
@@ -18,7 +19,7 @@ from shared.storage.tables.user_ids import UserId
 TABLES: tuple[type[Entity], ...] = (
     ApiKey, AuditEntry, ConnectLink, OAuthState, Connection, UserConnection, ExpiryWarning,
     ManagedPat, PatOfConnection, Revocation, Outcome, PendingRevocation, ScheduleEntry,
-    UserId,
+    UserId, MisconfiguredApp,
 )  # fmt: skip
 # Rows with sealed fields, one class per table (Revocations' two row kinds share a table).
 SEALED: tuple[type[Entity], ...] = tuple(cls for cls in TABLES if sealed_fields(cls))

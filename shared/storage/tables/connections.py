@@ -56,6 +56,11 @@ class Connection(Entity):
     last_error: str | None = None
     next_attempt_at: datetime | None = None
     needs_reauth_at: datetime | None = None
+    # Why it needs the user again: the OAuth error and the provider's own code (AADSTS70008).
+    reauth_error: str | None = None
+    reauth_code: str | None = None
+    # Unrecognised refusals since the last success (shared.providers.refusals).
+    refusals: int = 0
     revoked_at: datetime | None = None
     revoke_upstream: Upstream | None = None
     revoke_error: str | None = None
@@ -94,6 +99,11 @@ class Connection(Entity):
             "last_error": self.last_error,
             "next_attempt_at": iso(self.next_attempt_at),
             "needs_reauth_at": iso(self.needs_reauth_at),
+            "reauth_reason": (
+                {"error": self.reauth_error, "provider_code": self.reauth_code}
+                if self.status == Status.NEEDS_REAUTH and self.reauth_error
+                else None
+            ),
             "revoked_at": iso(self.revoked_at),
             "revoke_upstream": self.revoke_upstream,
         }
