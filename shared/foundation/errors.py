@@ -23,6 +23,7 @@
     ├── CryptoError
     │   └── DecryptionError       503: unknown kid, wrong key, or a ciphertext moved to another row
     ├── PatError                  Azure DevOps refused a PAT operation (``pat_error``, own status)
+    │   └── PatPolicyViolation    409 pat_policy_violation: an organisation policy refused it
     └── ProviderError             502: a provider answered with an OAuth error (``oauth_error``)
         ├── GrantInvalid          424 needs_reauth: the grant is dead (invalid_grant and kin, or a
         │                         connection already marked so): the user must connect again
@@ -176,6 +177,13 @@ class PatError(KeystewardError):
         super().__init__(message)
         self.pat_error = pat_error
         self.status = status
+
+
+class PatPolicyViolation(PatError):
+    """An organisation policy refused a PAT (lifespan, full scope, all organisations, creation
+    disabled): the message names the policy by its ``patTokenError`` value."""
+
+    error = "pat_policy_violation"
 
 
 class ProviderError(KeystewardError):

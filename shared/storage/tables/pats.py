@@ -105,6 +105,13 @@ class ManagedPat(Entity):
             }
             if self.rotation_id
             else None,
+            "rotation_refused": {
+                "policy": self.rotation_refused,
+                "message": self.rotation_refused_message,
+                "at": iso(self.rotation_refused_at),
+            }
+            if self.rotation_refused
+            else None,
             "rotated_at": iso(self.rotated_at),
             "rotations": self.rotations,
             "last_error": self.last_error,
