@@ -87,6 +87,11 @@ def test_an_expired_pat_is_found_on_get(world: World, fake: Any) -> None:
     fake.expire(pat["authorization_id"])
     assert world.call("GET", f"pats/{pat['id']}").json()["status"] == "revoked_upstream"
     assert_revoked_upstream(world, pat, "expired")
+    # Azure DevOps already ended it: a later revocation reports nothing more for it.
+    deleted = world.call("DELETE", f"pats/{pat['id']}")
+    assert deleted.json() == {"id": pat["id"], "status": "revoked_upstream", "upstream": {}}
+    assert world.call("DELETE", f"connections/{APP}/u-expired").json()["pats"] == []
+    assert len(world.events(f"pat:{pat['id']}", REVOKED)) == 1
 
 
 def test_a_changed_valid_to_or_scope_is_recorded_and_announced_on_get(
