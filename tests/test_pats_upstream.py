@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from shared.storage.tables.pats import ManagedPat, PatOfConnection, PatStatus
+from shared.foundation.secret import Secret
+from shared.storage.tables.pats import ManagedPat, PatOfConnection, PatStatus, RotationStep
 from tests.peers.processes import ROOT, wait_until
 from tests.peers.world import World
 from tests.test_pats import APP, connect, create, made, nightly, quiet, stored, wait_rotated
@@ -126,6 +127,39 @@ def test_the_previous_pat_a_rotation_revoked_is_not_revoked_upstream(
     nightly(world)
     assert stored(world, pat["id"]).status == PatStatus.ACTIVE
     assert world.events(f"pat:{pat['id']}", REVOKED) == []
+
+
+def test_a_pat_revoked_upstream_mid_rotation_gives_back_the_rotations_new_pat(
+    world: World, fake: Any
+) -> None:
+    connect(world, "u-mid-rotation")
+    pat = made(world, "u-mid-rotation")
+    quiet(world)
+    # A rotation between its create and test steps: its pending PAT exists at Azure DevOps. No
+    # queue message is sent, so no worker moves it on while the test looks.
+    pending = fake.seed("u-mid-rotation", "pipeline [ks pending]", scope="vso.packaging",
+                        organization="contoso")  # fmt: skip
+    row = stored(world, pat["id"])
+    row.rotation_id, row.rotation_step = "rot-mid-rotation", RotationStep.TEST
+    row.pending_authorization_id, row.pending_secret = (
+        pending["authorization_id"],
+        Secret(pending["token"]),
+    )
+    row.lease_owner, row.lease_expires_at = "a-worker", datetime.now(UTC) + timedelta(minutes=2)
+    world.store.save(row)
+    fake.revoked_get = "authorizationNotFound"
+    fake.revoke_outside(pat["authorization_id"])
+    # A worker holds the row: it is not judged now.
+    assert world.call("GET", f"pats/{pat['id']}").json()["status"] == "active"
+    row = stored(world, pat["id"])
+    row.lease_owner, row.lease_expires_at = None, None  # the worker let go
+    world.store.save(row)
+    assert world.call("GET", f"pats/{pat['id']}").json()["status"] == "revoked_upstream"
+    assert_revoked_upstream(world, pat, "revoked")
+    assert not fake.secret_active(pending["token"])  # ours, and no longer wanted
+    [event] = world.events(f"pat:{pat['id']}", REVOKED)
+    assert event["data"]["outcomes"] == {pending["authorization_id"]: "revoked"}
+    assert stored(world, pat["id"]).rotation_id is None
 
 
 # -- found by the nightly sweep, one list per user -------------------------------------------
