@@ -99,7 +99,8 @@ def status(args: argparse.Namespace, rt: Runtime) -> dict[str, Any]:
         "managed_pats": [
             {"id": p.id, "resource": f"{p.app}/{p.user_id}", "status": p.status.value,
              "rotation": p.rotation_step, "expires_at": p.valid_to.isoformat() if p.valid_to
-             else None, "days_left": days(p.valid_to), "last_error": p.last_error}
+             else None, "days_left": days(p.valid_to), "last_error": p.last_error,
+             "rotation_refused": p.rotation_refused_message}
             for p in rt.managed_pats.all()
         ],
         "api_keys": [
@@ -143,9 +144,13 @@ def _print_migration(data: dict[str, Any]) -> None:
 def _colour(text: str, state: str, days_left: float | None) -> str:
     if not sys.stdout.isatty() or os.environ.get("NO_COLOR"):
         return text
-    if state in ("needs_reauth", "revoke_failed", "expired", "misconfigured") or (
-        days_left is not None and days_left < 1
-    ):
+    if state in (
+        "needs_reauth",
+        "revoke_failed",
+        "expired",
+        "misconfigured",
+        "revoked_upstream",
+    ) or (days_left is not None and days_left < 1):
         return f"{_RED}{text}{_RESET}"
     if state in ("revoked", "creating") or (days_left is not None and days_left < 10):
         return f"{_YELLOW}{text}{_RESET}"
@@ -160,6 +165,7 @@ def _print_status(data: dict[str, Any]) -> None:
         )
     for p in data["managed_pats"]:
         state = p["status"] + (f" (rotating: {p['rotation']})" if p["rotation"] else "")
+        state += " (rotation refused by policy)" if p.get("rotation_refused") else ""
         rows.append(("managed PAT", f"{p['id']} {p['resource']}", state, p["expires_at"] or "-",
                      p["days_left"]))  # fmt: skip
     for k in data["api_keys"]:

@@ -58,7 +58,8 @@ def list_pats(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
 @endpoint
 @authorized(READ)
 def get_pat(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
-    return json_response(_pat(req, principal, READ).public())
+    pat = _pat(req, principal, READ)  # the caller may see it before Azure DevOps is asked
+    return json_response(get_runtime().pat_upstream.check(pat.id).public())
 
 
 @bp.route(route="pats/{id}", methods=["PATCH"], auth_level=func.AuthLevel.ANONYMOUS)

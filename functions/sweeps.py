@@ -1,4 +1,5 @@
-"""The nightly sweep (KEYSTEWARD_EXPIRY_SWEEP_SCHEDULE): expiry warnings, then another try at
+"""The nightly sweep (KEYSTEWARD_EXPIRY_SWEEP_SCHEDULE): managed PATs against what Azure DevOps
+holds (revoked, expired or changed outside Keysteward), then expiry warnings, then another try at
 upstream revocations that kept failing (connections and managed PATs), then the clean-up of PAT
 creations that never finished, then the one-time backfill of user ids stored before ``UserIds``
 (a single read once done); each runs even when an earlier one failed."""
@@ -25,6 +26,8 @@ def expiry_sweep(timer: func.TimerRequest) -> None:
     runtime = get_runtime()
     report = run_nightly(
         [
+            # First: a PAT revoked or shortened at Azure DevOps is neither warned nor rotated.
+            ("managed PATs against Azure DevOps", runtime.pat_upstream.sweep),
             ("expiry warnings", lambda: runtime.expiry_sweep().run()),
             ("revocation retries", runtime.revoker.credentials.retry_failures),
             (

@@ -29,6 +29,7 @@ from shared.lifecycle.expiry_warnings import ExpirySweep
 from shared.lifecycle.pats.records import ManagedPats
 from shared.lifecycle.pats.revocation import PatRevocation
 from shared.lifecycle.pats.rotation import Rotations
+from shared.lifecycle.pats.upstream import UpstreamPats
 from shared.lifecycle.refresh_sweep import RefreshSweep
 from shared.lifecycle.revocation_requests import Revoker
 from shared.lifecycle.user_ids import UserIds
@@ -67,6 +68,7 @@ class Runtime:
     managed_pats: ManagedPats
     pat_rotations: Rotations
     pat_revocation: PatRevocation
+    pat_upstream: UpstreamPats
     user_ids: UserIds
     app_health: AppHealth
 
@@ -223,6 +225,9 @@ class Runtime:
                 grace=timedelta(minutes=settings.rotation_grace_minutes),
             ),
             pat_revocation=pat_revocation,
+            pat_upstream=UpstreamPats(
+                records=managed_pats, store=store, audit=audit, events=events, clock=clock
+            ),
             user_ids=user_ids,
             app_health=app_health,
         )

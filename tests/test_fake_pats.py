@@ -674,3 +674,83 @@ def test_a_broken_bearer_resolver_is_reported(http: requests.Session) -> None:
 
     assert response.status_code == 500
     assert "introspection down" in response.text
+
+
+# -- out-of-band changes and organisation policies (providers.md §1, §8) -----------------------
+
+
+@pytest.mark.parametrize("answer", ["entry", "authorizationNotFound", "http404", "null"])
+def test_a_pat_revoked_outside_reads_back_as_configured(
+    fake: AdoPatsFake, http: requests.Session, answer: str
+) -> None:
+    """UNCONFIRMED how Get answers for a revoked PAT: each candidate can be served."""
+    pat = created(http, fake)
+    fake.revoked_get = answer
+    fake.revoke_outside(pat["authorizationId"])
+    got = call(http, fake, "GET", params={"authorizationId": pat["authorizationId"]})
+    if answer == "entry":
+        assert got.status_code == 200
+        assert got.json()["patToken"]["validTo"] == pat["validTo"]  # the spec shape, unchanged
+    elif answer == "authorizationNotFound":
+        assert got.status_code == fake.error_status
+        assert got.json() == {"patToken": None, "patTokenError": "authorizationNotFound"}
+    elif answer == "http404":
+        assert got.status_code == 404
+        assert "patTokenError" not in got.json()
+    else:
+        assert got.status_code == 200
+        assert got.json() == {"patToken": None, "patTokenError": "none"}
+    assert fake.violations == []  # revoked in the UI: no client could have known
+
+
+def test_revoked_and_expired_pats_leave_the_active_list_or_stay_with_a_past_valid_to(
+    fake: AdoPatsFake, http: requests.Session
+) -> None:
+    revoked, expired, alive = (created(http, fake, name) for name in ("r", "e", "a"))
+    fake.advance(60)
+    fake.revoke_outside(revoked["authorizationId"])
+    fake.expire(expired["authorizationId"])
+    active = [p["authorizationId"] for page in list_all(http, fake, {}) for p in page]
+    assert active == [alive["authorizationId"]]  # the documented filter: active ones only
+
+    fake.stale_in_active_list = fake.revoked_shows_past_valid_to = True
+    listed = {p["authorizationId"]: p for page in list_all(http, fake, {}) for p in page}
+    assert set(listed) == {p["authorizationId"] for p in (revoked, expired, alive)}
+    assert listed[revoked["authorizationId"]]["validTo"] == iso(T0 + 60)  # when it was revoked
+    assert listed[expired["authorizationId"]]["validTo"] == iso(T0 + 60)
+    assert listed[alive["authorizationId"]]["validTo"] == alive["validTo"]
+
+
+def test_a_change_made_outside_shows_in_get_and_list(
+    fake: AdoPatsFake, http: requests.Session
+) -> None:
+    pat = created(http, fake, scope="vso.code")
+    fake.change_outside(pat["authorizationId"], valid_to=T0 + 3 * DAY, scope="vso.code_status")
+    got = call(http, fake, "GET", params={"authorizationId": pat["authorizationId"]}).json()
+    assert got["patToken"]["validTo"] == iso(T0 + 3 * DAY)
+    assert got["patToken"]["scope"] == "vso.code_status"
+    [listed] = list_all(http, fake, {})[0]
+    assert (listed["validTo"], listed["scope"]) == (iso(T0 + 3 * DAY), "vso.code_status")
+
+
+@pytest.mark.parametrize("error_status", [200, 400])
+def test_organisation_policies_refuse_creates_with_their_pat_token_error(
+    http: requests.Session, error_status: int
+) -> None:
+    with make_fake(error_status=error_status, max_lifespan_days=30) as fake:
+        fake.full_scope_forbidden = fake.global_pats_forbidden = fake.lifespan_refuses = True
+        cases: list[tuple[dict[str, Any], str]] = [
+            ({"scope": "app_token"}, "fullScopePatPolicyViolation"),
+            ({"all_orgs": True}, "globalPatPolicyViolation"),
+            ({"days": 90}, "patLifespanPolicyViolation"),
+        ]
+        for options, error in cases:
+            response = create(http, fake, **options)
+            assert response.status_code == error_status
+            assert response.json() == {"patToken": None, "patTokenError": error}
+        assert created(http, fake, days=10)["token"]  # within every policy
+        fake.pat_creation_disabled = True
+        refused = create(http, fake, days=10)
+        assert refused.json()["patTokenError"] == "disablePatCreationPolicyViolation"
+        assert len(fake.pats()) == 1  # a refusal makes nothing
+        assert fake.violations == []  # a policy is not the client's fault

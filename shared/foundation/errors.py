@@ -23,6 +23,7 @@
     ├── CryptoError
     │   └── DecryptionError       503: unknown kid, wrong key, or a ciphertext moved to another row
     ├── PatError                  Azure DevOps refused a PAT operation (``pat_error``, own status)
+    │   └── PatPolicyViolation    409 pat_policy_violation: an organisation policy refused it
     └── ProviderError             502: a provider answered with an OAuth error (``oauth_error``,
         │                         and ``provider_code`` such as AADSTS70008 when it gives one)
         ├── GrantInvalid          424 needs_reauth: the grant is dead (invalid_grant and kin, or a
@@ -180,6 +181,13 @@ class PatError(KeystewardError):
         super().__init__(message)
         self.pat_error = pat_error
         self.status = status
+
+
+class PatPolicyViolation(PatError):
+    """An organisation policy refused a PAT (lifespan, full scope, all organisations, creation
+    disabled): the message names the policy by its ``patTokenError`` value."""
+
+    error = "pat_policy_violation"
 
 
 class ProviderError(KeystewardError):

@@ -119,7 +119,7 @@ class CredentialRevoker:
                 return LocallyRevoked(app, user, None, done=[done])  # finished before a redelivery
         pats = [
             p.id for p in (self._pats.of_connection(app, user) if self._pats else [])
-            if p.status != PatStatus.REVOKED
+            if p.status not in (PatStatus.REVOKED, PatStatus.REVOKED_UPSTREAM)
         ]  # fmt: skip
         # A bearer for Azure DevOps while the grant still lives: taken in memory, used after.
         bearer = self._pats.bearer_or_none(app, user) if pats and self._pats else None

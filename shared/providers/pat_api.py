@@ -17,7 +17,12 @@ from typing import Any
 
 import requests
 
-from shared.foundation.errors import KeystewardError, PatError, ProviderUnavailable
+from shared.foundation.errors import (
+    KeystewardError,
+    PatError,
+    PatPolicyViolation,
+    ProviderUnavailable,
+)
 from shared.foundation.secret import Secret
 from shared.providers.oauth import retry_after
 
@@ -69,6 +74,11 @@ TRANSIENT = frozenset(
 )  # fmt: skip
 NOT_FOUND = frozenset({"authorizationNotFound", "tokenNotFound", "invalidAuthorizationId",
                        "hostAuthorizationNotFound"})  # fmt: skip
+# Organisation policies (providers.md §1, §8): a refusal that retrying will not change.
+POLICY = frozenset({"globalPatPolicyViolation", "fullScopePatPolicyViolation",
+                    "patLifespanPolicyViolation", "disablePatCreationPolicyViolation"})  # fmt: skip
+# What a plain 404 (no patTokenError) becomes: the organisation, or the PAT API there, is unknown.
+ORGANIZATION_NOT_FOUND = "organizationNotFound"
 
 
 def pat_error(value: str, detail: str | None = None) -> KeystewardError:
@@ -76,6 +86,8 @@ def pat_error(value: str, detail: str | None = None) -> KeystewardError:
     message = f"Azure DevOps: {meaning} ({value})" + (f": {detail[:200]}" if detail else "")
     if value in TRANSIENT:
         return ProviderUnavailable(message, oauth_error=value)
+    if value in POLICY:
+        return PatPolicyViolation(value, status, message)
     return PatError(value, status, message)
 
 
@@ -162,6 +174,21 @@ class PatApi:
 
     def get(self, bearer: str, organization: str, authorization_id: str) -> PatToken:
         body = self._call("GET", bearer, organization, params={"authorizationId": authorization_id})
+        return PatToken.parse(_result(body))
+
+    def lookup(self, bearer: str, organization: str, authorization_id: str) -> PatToken | None:
+        """Get by authorizationId; None when Azure DevOps no longer has it: a not-found
+        ``patTokenError``, or (UNCONFIRMED for a revoked PAT) a null ``patToken`` with "none"."""
+        try:
+            body = self._call(
+                "GET", bearer, organization, params={"authorizationId": authorization_id}
+            )
+        except PatError as exc:
+            if exc.pat_error in NOT_FOUND:
+                return None
+            raise
+        if body.get("patToken") is None and body.get("patTokenError") == "none":
+            return None
         return PatToken.parse(_result(body))
 
     def create(
@@ -255,7 +282,7 @@ class PatApi:
         if response.status_code == 404:
             # The caller's organisation is unknown there: a refusal that keeps its meaning (and
             # not "already gone", which only a patTokenError says).
-            raise PatError("organizationNotFound", 404, f"Azure DevOps has no organisation "
+            raise PatError(ORGANIZATION_NOT_FOUND, 404, f"Azure DevOps has no organisation "
                            f"'{organization}' (or no PAT API there): it answered 404")  # fmt: skip
         if response.status_code != 200 or not isinstance(body, dict):
             raise PatError("invalidToken", 502, f"PAT API answered {response.status_code}")

@@ -42,6 +42,9 @@ CREDENTIAL_REVOKED = "keysteward.credential.revoked"
 CREDENTIAL_EXPIRING = "keysteward.credential.expiring"
 APIKEY_EXPIRING = "keysteward.apikey.expiring"
 REVOCATION_COMPLETED = "keysteward.revocation.completed"
+# A managed PAT's validTo or scope changed at Azure DevOps; a rotation an org policy refused.
+PAT_CHANGED = "keysteward.pat.changed"
+PAT_ROTATION_REFUSED = "keysteward.pat.rotation_refused"
 EVENT_TYPES = (
     CONNECTION_CREATED,
     CONNECTION_RECOVERED,
@@ -53,6 +56,8 @@ EVENT_TYPES = (
     CREDENTIAL_EXPIRING,
     APIKEY_EXPIRING,
     REVOCATION_COMPLETED,
+    PAT_CHANGED,
+    PAT_ROTATION_REFUSED,
 )
 
 _TYPE = re.compile(r"keysteward(\.[a-z][a-z0-9_]*){2,}")

@@ -90,6 +90,12 @@ SCOPE_WORD = re.compile(r"app_token|vso\.[a-z][a-z0-9_]*")
 MUTATING = frozenset({"create", "update", "revoke"})
 DAY = 86400.0
 LISTEN_BACKLOG = 128
+# UNCONFIRMED (§1, §8: "the list operation is the only way to notice"): what Get by
+# authorizationId answers for a PAT revoked outside. "entry": the PatTokenResult as if nothing
+# happened; "authorizationNotFound": that patTokenError; "http404": a plain 404; "null": 200 with
+# a null patToken and patTokenError "none".
+REVOKED_GET_ANSWERS = ("entry", "authorizationNotFound", "http404", "null")
+FULL_SCOPE = "app_token"  # §1: "app_token" (full access)
 
 _PATS_PATH = re.compile(r"/([^/]+)/_apis/tokens/pats/?", re.IGNORECASE)
 _CONNECTION_DATA_PATH = re.compile(r"/([^/]+)/_apis/connectiondata/?", re.IGNORECASE)
@@ -130,6 +136,7 @@ class _Pat:
     valid_to: float
     secret: str
     revoked_by: str | None = None  # "api" (DELETE) | "outside" (the user, in the ADO UI)
+    revoked_at: float | None = None
 
     def state(self, now: float) -> str:
         if self.revoked_by is not None:
@@ -209,6 +216,19 @@ class AdoPatsFake(FakeServer):
         # UNCONFIRMED (§1 Update says only "must still be valid (not revoked)"): the enum answered
         # to an update of a revoked PAT. "invalidAuthorizationId" is the other candidate.
         self.update_revoked_error = "authorizationNotFound"
+        # Organisation policies (§1 "Lifespan policy", §1 Global PATs, §8 out-of-band changes):
+        # each refuses a Create with its own patTokenError (with ``error_status``), makes nothing.
+        self.pat_creation_disabled = False  # disablePatCreationPolicyViolation (7.2 enum)
+        self.full_scope_forbidden = False  # app_token: fullScopePatPolicyViolation
+        self.global_pats_forbidden = False  # allOrgs: globalPatPolicyViolation
+        # With ``max_lifespan_days``: True refuses a longer validTo (patLifespanPolicyViolation)
+        # instead of the documented silent clamp; the enum value exists, so both are served.
+        self.lifespan_refuses = False
+        # UNCONFIRMED read-back of a revoked PAT: see REVOKED_GET_ANSWERS; whether it (and an
+        # expired one) stays in the "active" list; whether its validTo then shows the revocation.
+        self.revoked_get = "entry"
+        self.stale_in_active_list = False
+        self.revoked_shows_past_valid_to = False
         self.api_versions: tuple[str, ...] = tuple(api_versions)
         self.latency = 0.0  # seconds every request waits before it is handled (runtime-settable)
         self.calls: Counter[tuple[str, str]] = Counter()  # (method, op) of every routed request
@@ -269,11 +289,21 @@ class AdoPatsFake(FakeServer):
             return pat is not None and pat.state(self.now()) == "active"
 
     def revoke_outside(self, authorization_id: str) -> None:
-        """The user revokes the PAT in the ADO UI, behind Keysteward's back."""
+        """The user revokes the PAT in the ADO UI (or an administrator, through the Token Admin
+        API's revocations, §1), behind Keysteward's back."""
         with self._lock:
             pat = self._pats[authorization_id]
             if pat.revoked_by is None:
-                pat.revoked_by = "outside"
+                pat.revoked_by, pat.revoked_at = "outside", self.now()
+
+    def change_outside(
+        self, authorization_id: str, *, valid_to: float | None = None, scope: str | None = None
+    ) -> None:
+        """The user (in the ADO UI) or a policy changes the PAT's ``validTo`` or scope (§8)."""
+        with self._lock:
+            pat = self._pats[authorization_id]
+            pat.valid_to = pat.valid_to if valid_to is None else valid_to
+            pat.scope = pat.scope if scope is None else " ".join(scope.split())
 
     def expire(self, authorization_id: str) -> None:
         """The PAT reaches its ``validTo`` now."""
@@ -396,7 +426,10 @@ class AdoPatsFake(FakeServer):
             for p in self._pats.values()
             if p.user == c.user
             and p.covers(c.organization)
-            and options.display_filter in ("all", p.state(now))
+            and (
+                options.display_filter in ("all", p.state(now))
+                or (options.display_filter == "active" and self.stale_in_active_list)
+            )
         ]
 
         def key(p: _Pat) -> tuple[Any, ...]:
@@ -465,7 +498,14 @@ class AdoPatsFake(FakeServer):
     # -- Get / Create / Update / Revoke ----------------------------------------------------------
 
     def _get(self, c: _Call) -> Response:
-        return self._result(c, self._owned(c, c.query.get("authorizationid")))
+        pat = self._owned(c, c.query.get("authorizationid"))
+        if pat.revoked_by is None or self.revoked_get == "entry":
+            return self._result(c, pat)
+        if self.revoked_get == "authorizationNotFound":
+            return self._error(c, "authorizationNotFound")
+        if self.revoked_get == "http404":
+            return self._vss_error(404, "The authorization was not found.", "NotFound")
+        return Response.json(200, {"patToken": None, "patTokenError": "none"})
 
     def _create(self, c: _Call) -> Response:
         body = self._json_body(c)
@@ -481,6 +521,8 @@ class AdoPatsFake(FakeServer):
         if valid_to is None:
             raise self._refuse(c, "invalidValidTo", "validTo is required on Create")
         now = self.now()
+        if policy := self._policy_refusal(scope, valid_to, all_orgs, now):
+            raise self._refuse(c, policy, "refused by an organisation policy", fault=False)
         if self.max_lifespan_days is not None:
             # §1 lifespan policy: silently clamped to now + max on Create; no error.
             valid_to = min(valid_to, now + self.max_lifespan_days * DAY)
@@ -513,10 +555,24 @@ class AdoPatsFake(FakeServer):
     def _revoke(self, c: _Call) -> Response:
         pat = self._owned(c, c.query.get("authorizationid"))
         if pat.revoked_by is None:
-            pat.revoked_by = "api"
+            pat.revoked_by, pat.revoked_at = "api", self.now()
         # UNCONFIRMED: revoking an already revoked PAT; this fake answers success again.
         # §1 Revoke: the spec says 200, the RevokePat example 204 with an empty body.
         return Response(self.revoke_status)
+
+    def _policy_refusal(
+        self, scope: str, valid_to: float, all_orgs: bool | None, now: float
+    ) -> str | None:
+        if self.pat_creation_disabled:
+            return "disablePatCreationPolicyViolation"
+        if self.full_scope_forbidden and FULL_SCOPE in scope.split():
+            return "fullScopePatPolicyViolation"
+        if self.global_pats_forbidden and all_orgs:
+            return "globalPatPolicyViolation"
+        limit = self.max_lifespan_days
+        if self.lifespan_refuses and limit is not None and valid_to > now + limit * DAY:
+            return "patLifespanPolicyViolation"
+        return None
 
     # -- shared pieces ---------------------------------------------------------------------------
 
@@ -602,9 +658,12 @@ class AdoPatsFake(FakeServer):
 
     def _wire(self, pat: _Pat, *, with_secret: bool = False) -> dict[str, Any]:
         """A §1 PatToken; ``token`` is null except in the Create answer."""
+        valid_to = pat.valid_to
+        if pat.revoked_at is not None and self.revoked_shows_past_valid_to:
+            valid_to = min(valid_to, pat.revoked_at)
         return {
             "displayName": pat.display_name,
-            "validTo": iso(pat.valid_to),
+            "validTo": iso(valid_to),
             "scope": pat.scope,
             # §1: null when the PAT is for all of the user's orgs (allOrgs=true).
             "targetAccounts": (

@@ -3,7 +3,9 @@ secret, extend it, list a connection's PATs and the user's whole inventory at Az
 
 Creation stores an intent marker (the new PAT's display name) before the POST: if the answer is
 lost (a crash, a timeout after Azure DevOps made it), the nightly clean-up finds that PAT by its
-name and revokes it, so no PAT exists that Keysteward does not know about.
+name and revokes it, so no PAT exists that Keysteward does not know about. A create Azure DevOps
+answered with a refusal (an organisation policy, a bad scope) made nothing: its marker is removed
+at once, so nothing is left for a listing or a later revocation to report.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import requests
 
 from shared.config.apps import App, Apps
 from shared.foundation.clock import Clock
-from shared.foundation.errors import Gone, InputError, KeystewardError, NotFound
+from shared.foundation.errors import Gone, InputError, KeystewardError, NotFound, PatError
 from shared.foundation.secret import Secret
 from shared.lifecycle.access_tokens import Tokens
 from shared.lifecycle.caller_requests import NewPat, PatExtension
@@ -25,6 +27,7 @@ from shared.lifecycle.caller_requests import organization as organization_name
 from shared.providers.pat_api import DEFAULT_API_URL, DEFAULT_API_VERSION, DEFAULT_ORG_URL, PatApi
 from shared.storage.retry import on_conflict
 from shared.storage.store import Store
+from shared.storage.tables.audit import AuditOutcome
 from shared.storage.tables.connections import ConnectionStore, Status
 from shared.storage.tables.pats import ManagedPat, PatOfConnection, PatStatus, index_partition
 from shared.trail.audit import AuditLog
@@ -113,16 +116,29 @@ class ManagedPats:
         return pat, self._post(app, pat, actor)
 
     def _post(self, app: App, pat: ManagedPat, actor: str) -> Secret:
+        bearer = self.bearer(app, pat.user_id)  # no token, no POST: nothing to mark
         pat.intent_name = f"{pat.display_name} [ks {pat.id[4:12]}]"
         # The index and the intent first: a crash after the POST leaves a row that says so.
-        self._store.save(PatOfConnection(index_partition(pat.app, pat.user_id), pat.id))
+        index = self._store.save(PatOfConnection(index_partition(pat.app, pat.user_id), pat.id))
         self._store.create(pat)
         try:
             token, secret = self.api(app).create(
-                self.bearer(app, pat.user_id), pat.organization, display_name=pat.intent_name,
+                bearer, pat.organization, display_name=pat.intent_name,
                 scope=pat.scope, valid_to=pat.created_at + timedelta(days=pat.lifetime_days),
                 all_orgs=pat.all_orgs,
             )  # fmt: skip
+        except PatError as exc:
+            if exc.status >= 500:  # no clear answer: it may exist; the clean-up will look
+                self.note(pat.id, f"create: {exc.error}")
+                raise
+            # Azure DevOps answered "no" (a policy, a bad scope): it made nothing, keep nothing.
+            self._store.remove(pat)
+            self._store.remove(index)
+            self._audit.record(actor, "pat.create_refused", f"{pat.app}/{pat.user_id}",
+                               outcome=AuditOutcome.FAILURE, detail={
+                                   "organization": pat.organization, "pat_error": exc.pat_error,
+                                   "message": exc.message})  # fmt: skip
+            raise
         except KeystewardError as exc:
             # Azure DevOps may have made it anyway (a lost answer): the nightly clean-up finds it
             # by its name and revokes it.
@@ -143,6 +159,9 @@ class ManagedPats:
 
     def secret(self, pat_id: str) -> dict[str, Any]:
         pat = self.get(pat_id)
+        if pat.status == PatStatus.REVOKED_UPSTREAM:
+            raise Gone(f"the managed PAT '{pat_id}' was revoked or expired at Azure DevOps, "
+                       "outside Keysteward: its secret is destroyed")  # fmt: skip
         if pat.status == PatStatus.REVOKED or pat.secret is None:
             raise Gone(f"the managed PAT '{pat_id}' was revoked")
         valid_to = pat.valid_to.isoformat() if pat.valid_to else None
@@ -195,7 +214,8 @@ class ManagedPats:
         managed = {
             p.authorization_id: p.id
             for p in self.of_connection(app_id, user_id)
-            if p.authorization_id and p.status != PatStatus.REVOKED
+            if p.authorization_id
+            and p.status not in (PatStatus.REVOKED, PatStatus.REVOKED_UPSTREAM)
         }
         tokens = self.api(app).list(self.bearer(app, user_id), org, "active")
         return [

@@ -40,7 +40,7 @@ class PatRevoked:
 
     @property
     def failed(self) -> bool:
-        return self.status != PatStatus.REVOKED
+        return self.status not in (PatStatus.REVOKED, PatStatus.REVOKED_UPSTREAM)
 
     def public(self) -> dict[str, object]:
         return {"id": self.id, "status": self.status.value, "upstream": self.upstream}
@@ -64,6 +64,9 @@ class PatRevocation:
 
     def revoke(self, pat_id: str, *, actor: str, bearer: str | None = None) -> PatRevoked:
         """Both phases; ``bearer`` when the caller already holds the user's token."""
+        pat = self._records.get(pat_id)
+        if pat.status == PatStatus.REVOKED_UPSTREAM:  # Azure DevOps already ended it: no news
+            return PatRevoked(pat_id, pat.status, {})
         self.destroy_locally(pat_id)
         return self.revoke_upstream(pat_id, actor=actor, bearer=bearer)
 

@@ -21,7 +21,7 @@ from azure.storage.queue import QueueServiceClient
 
 from shared.foundation.clock import Clock
 from shared.foundation.crashpoints import crash_point
-from shared.foundation.errors import ConcurrencyConflict, Gone, KeystewardError
+from shared.foundation.errors import ConcurrencyConflict, Gone, KeystewardError, PatPolicyViolation
 from shared.foundation.secret import Secret
 from shared.lifecycle.caller_requests import RotationMessage
 from shared.lifecycle.pats.records import ManagedPats
@@ -33,7 +33,7 @@ from shared.storage.store import Store
 from shared.storage.tables.audit import AuditOutcome
 from shared.storage.tables.pats import ManagedPat, PatStatus, RotationStep
 from shared.trail.audit import AuditLog
-from shared.trail.events import CREDENTIAL_ROTATED, EventPublisher
+from shared.trail.events import CREDENTIAL_ROTATED, PAT_ROTATION_REFUSED, EventPublisher
 
 ROTATION_QUEUE = "rotation-requests"
 ACTOR = "system:rotation"
@@ -115,6 +115,9 @@ class Rotations:
                 done, wait = self._step(pat, step)
             except ConcurrencyConflict:
                 continue  # re-read and carry on from what is stored
+            except PatPolicyViolation as exc:
+                self._refused(pat_id, exc)  # retrying will not change a policy's mind
+                return None
             except KeystewardError as exc:
                 self._records.note(pat_id, f"{step}: {exc.error}: {exc.message[:200]}")
                 return 60.0 if exc.status >= 500 or exc.status == 424 else 300.0
@@ -203,6 +206,27 @@ class Rotations:
         self._audit.record(ACTOR, "pat.rotation_failed", f"pat:{pat.id}",
                            outcome=AuditOutcome.FAILURE, detail=detail)  # fmt: skip
 
+    def _refused(self, pat_id: str, exc: PatPolicyViolation) -> None:
+        """An organisation policy refused the new PAT (nothing was made): the rotation ends, the
+        current PAT stays active, and the row says which policy, for GET and ``status``."""
+
+        def attempt() -> ManagedPat:
+            pat = self._records.get(pat_id)
+            pat.rotation_id = pat.rotation_step = pat.intent_name = None
+            pat.rotation_refused, pat.rotation_refused_message = exc.pat_error, exc.message
+            pat.rotation_refused_at = pat.updated_at = self._clock.now()
+            pat.last_error = f"rotation refused: {exc.message}"
+            return self._store.save(pat)
+
+        pat = on_conflict(attempt, what=f"the managed PAT '{pat_id}'")
+        data = {"type": "managed_pat", "id": pat.id, "app": pat.app, "user_id": pat.user_id,
+                "organization": pat.organization, "authorization_id": pat.authorization_id,
+                "valid_to": pat.valid_to.isoformat() if pat.valid_to else None,
+                "policy": exc.pat_error, "message": exc.message}  # fmt: skip
+        self._events.publish(PAT_ROTATION_REFUSED, f"pat:{pat.id}", data)
+        self._audit.record(ACTOR, "pat.rotation_refused", f"pat:{pat.id}",
+                           outcome=AuditOutcome.FAILURE, detail=data)  # fmt: skip
+
     def _promote(self, pat: ManagedPat) -> None:
         now = self._clock.now()
         pat.previous_authorization_id = pat.authorization_id
@@ -212,6 +236,7 @@ class Rotations:
         pat.pending_authorization_id = pat.pending_secret = pat.pending_valid_to = None
         pat.rotation_step, pat.rotated_at = RotationStep.REVOKE, now
         pat.rotations += 1
+        pat.rotation_refused = pat.rotation_refused_message = pat.rotation_refused_at = None
         pat.warned_days, pat.event_due, pat.updated_at = [], True, now
         pat = self._store.save(pat)  # one write: the promotion and the duty to announce it
         crash_point("promoted")

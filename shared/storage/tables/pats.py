@@ -19,6 +19,8 @@ class PatStatus(enum.StrEnum):
     REVOKING = "revoking"  # secrets destroyed here; Azure DevOps not yet told
     REVOKED = "revoked"
     REVOKE_FAILED = "revoke_failed"
+    # Revoked or expired at Azure DevOps, outside Keysteward: secrets destroyed, never served.
+    REVOKED_UPSTREAM = "revoked_upstream"
 
 
 class RotationStep(enum.StrEnum):
@@ -66,6 +68,10 @@ class ManagedPat(Entity):
     rotations: int = 0
     event_due: bool = False
     last_error: str | None = None
+    # Why the last rotation was refused by an organisation policy (its patTokenError), and when.
+    rotation_refused: str | None = None
+    rotation_refused_message: str | None = None
+    rotation_refused_at: datetime | None = None
     warned_days: list[int] = field(default_factory=list)
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
@@ -98,6 +104,13 @@ class ManagedPat(Entity):
                 "previous_revoke_after": iso(self.previous_revoke_after),
             }
             if self.rotation_id
+            else None,
+            "rotation_refused": {
+                "policy": self.rotation_refused,
+                "message": self.rotation_refused_message,
+                "at": iso(self.rotation_refused_at),
+            }
+            if self.rotation_refused
             else None,
             "rotated_at": iso(self.rotated_at),
             "rotations": self.rotations,
