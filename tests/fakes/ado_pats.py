@@ -326,9 +326,11 @@ class AdoPatsFake(FakeServer):
             self._stopping.wait(self.latency)
         super()._handle(handler)
 
-    def _parse(self, handler: BaseHTTPRequestHandler) -> Incoming:
+    def _parse(self, handler: BaseHTTPRequestHandler) -> Incoming | None:
         """Parse, then resolve a Bearer token through ``bearer`` while NOT holding the lock."""
         request = super()._parse(handler)
+        if request is None:
+            return None
         self._caller.user = None
         self._caller.error = ""
         token = request.bearer()

@@ -260,6 +260,11 @@ class FakeServer:
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         request = self._parse(handler)
+        if request is None:
+            # The client went away before its body arrived (a worker killed mid-request): a real
+            # server never sees a request, so nothing is answered or recorded.
+            handler.close_connection = True
+            return
         failure = self._take_failure(request.path)
         if failure is not None and failure.delay > 0:
             self._stopping.wait(failure.delay)
@@ -286,10 +291,13 @@ class FakeServer:
             )
         self._send(handler, response)
 
-    def _parse(self, handler: BaseHTTPRequestHandler) -> Incoming:
+    def _parse(self, handler: BaseHTTPRequestHandler) -> Incoming | None:
         url = urlsplit(handler.path)
         headers = {name.lower(): value for name, value in handler.headers.items()}
-        body = handler.rfile.read(int(headers.get("content-length") or 0))
+        length = int(headers.get("content-length") or 0)
+        body = handler.rfile.read(length)
+        if len(body) < length:
+            return None
         repeated: list[str] = []
         query = _parse_pairs(url.query, repeated)
         form: dict[str, str] = {}
