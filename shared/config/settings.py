@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 from croniter import croniter
 
 from shared.foundation import crashpoints
-from shared.foundation.errors import SettingsError
+from shared.foundation.errors import InputError, SettingsError
+from shared.foundation.urls import browser_url
 
 STORAGE = "AzureWebJobsStorage"
 ENCRYPTION_KEYS = "KEYSTEWARD_ENCRYPTION_KEYS"
@@ -131,7 +132,7 @@ class Settings:
             public_url=_url(PUBLIC_URL, public_url).rstrip("/"),
             apps_file=Path(get(APPS_FILE) or "apps.yaml"),
             allowed_return_urls=tuple(
-                _url(ALLOWED_RETURN_URLS, u.strip())
+                _return_url(u.strip())
                 for u in (get(ALLOWED_RETURN_URLS) or "").split(",")
                 if u.strip()
             ),
@@ -250,6 +251,13 @@ def _url(name: str, value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise SettingsError(f"{name}: '{value}' is not an absolute http(s) URL")
     return value
+
+
+def _return_url(value: str) -> str:
+    try:
+        return browser_url(value, ALLOWED_RETURN_URLS)
+    except InputError as exc:
+        raise SettingsError(f"{exc.message} ('{value[:100]}')") from None
 
 
 def _webhook_secret(value: str | None, needed: bool) -> bytes | None:

@@ -52,6 +52,7 @@ ADO_RESOURCE = "499b84ac-1321-427f-aa17-267ca6975798"
 ADO_DEFAULT = f"{ADO_RESOURCE}/.default"
 ADO_CLIENT_ID = "6b9c2f1e-4a3d-4c55-9f0e-2d1b7a8c9e01"
 RETURN_URL = "https://portal.example.com/connected"
+RETURN_PREFIX = "https://app.example.test/cb/"  # allowed with everything under it
 LEASE_SECONDS = 6
 GRACE_MINUTES = 0.03  # about 2 seconds
 PROVIDER_TIMEOUT = 3
@@ -299,7 +300,7 @@ def running_world(
             **SECRETS,
             "KEYSTEWARD_APPS_FILE": str(apps_file),
             "KEYSTEWARD_PUBLIC_URL": public,
-            "KEYSTEWARD_ALLOWED_RETURN_URLS": RETURN_URL,
+            "KEYSTEWARD_ALLOWED_RETURN_URLS": f"{RETURN_URL},{RETURN_PREFIX}",
             "REQUESTS_CA_BUNDLE": str(_ca_bundle(entra_op.ca_file, directory)),
             # Short enough that crash and timeout tests finish quickly.
             "KEYSTEWARD_REFRESH_LEASE_SECONDS": str(LEASE_SECONDS),
