@@ -21,6 +21,7 @@ from devhost.errors import StartupError
 from devhost.hostjson import read_host_json
 from devhost.http import Dispatcher, Server
 from devhost.invoker import Invoker
+from devhost.limits import HEADER_SECONDS, MAX_CONNECTIONS
 from devhost.loader import HTTP, QUEUE, TIMER, apply_local_settings, import_app, load_functions
 from devhost.queues import QueueListener
 from devhost.timers import TimerRunner
@@ -50,6 +51,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--max-body-bytes", type=int, default=1024 * 1024)
     parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=MAX_CONNECTIONS,
+        help="connections served at once (each has a thread); more are answered 503",
+    )
+    parser.add_argument(
+        "--header-seconds",
+        type=float,
+        default=HEADER_SECONDS,
+        help="how long a request's line and headers may take to arrive once begun",
+    )
+    parser.add_argument(
         "--grace-seconds",
         type=float,
         default=3.0,
@@ -59,6 +72,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.queue_lease_seconds < 1:
         parser.error("--queue-lease-seconds must be at least 1")
+    if args.max_connections < 1 or args.header_seconds <= 0:
+        parser.error("--max-connections must be at least 1 and --header-seconds above 0")
     return args
 
 
@@ -115,7 +130,9 @@ def serve(args: argparse.Namespace, signals: Signals) -> int:
     for connection in needed:
         connections.check(connection)
     try:
-        server = Server((args.host, args.port), args.max_body_bytes)
+        server = Server((args.host, args.port), args.max_body_bytes,
+                        max_connections=args.max_connections,
+                        header_seconds=args.header_seconds)  # fmt: skip
     except OSError as exc:
         raise StartupError(f"cannot listen on {args.host}:{args.port} ({exc})") from None
     base_url = f"http://{args.host}:{server.server_address[1]}"

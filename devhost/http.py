@@ -1,6 +1,8 @@
 """HTTP triggers under host.json's route prefix, and the admin API, on a threaded server.
 
-Each connection has its own thread, so requests run concurrently as in the host. A request
+Each connection has its own thread, so requests run concurrently as in the host, up to a bound
+(devhost/limits.py: more connections are answered 503, headers sent too slowly lose their
+connection). A request
 body larger than ``max_body_bytes`` is refused with 413 before it is read. Errors are JSON
 ``{"error": code, "message": text}``: 404 ``not_found`` when no route matches, 405
 ``method_not_allowed`` (with ``Allow``) when routes match the path but not the method, 500
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import select
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -21,10 +24,12 @@ import azure.functions as func
 
 from devhost import admin
 from devhost.invoker import Invoker
+from devhost.limits import HEADER_SECONDS, MAX_CONNECTIONS, ConnectionCap, HeaderDeadlines
 from devhost.loader import HTTP, FunctionSpec
 from devhost.routes import Match, MethodNotAllowed, Router
 
 log = logging.getLogger("devhost")
+UNROUTED = "(no route)"
 
 Headers = list[tuple[str, str]]
 # Framing is the server's job; a function's own values for these would corrupt the response.
@@ -36,6 +41,9 @@ class Reply:
         self.status = status
         self.headers = headers or []
         self.body = body
+        # What the log names: the route template, never the path (a connect link's token is a
+        # path segment, and a log reader must not be able to use it).
+        self.route = UNROUTED
 
     @classmethod
     def json(cls, status: int, payload: object, headers: Headers | None = None) -> Reply:
@@ -122,13 +130,16 @@ class Dispatcher:
             method, url, headers=headers, params=params, route_params=match.route_params, body=body
         )
         spec = match.target
-        outcome = self._invoker.invoke(spec, request, f" {method} {urlsplit(url).path}")
+        template = spec.route or spec.name
+        route = f"/{self.prefix}/{template}" if self.prefix else f"/{template}"
+        outcome = self._invoker.invoke(spec, request, f" {method} {route}")
         reply = _from_function(outcome.value) if outcome.ok else None
         if outcome.ok and reply is None:
             kind = type(outcome.value).__name__
             log.error("function %s returned a %s, not an HttpResponse", spec.name, kind)
         if reply is None:
-            return Reply.error(500, "internal_error", "the function failed; see the host log")
+            reply = Reply.error(500, "internal_error", "the function failed; see the host log")
+        reply.route = route
         return reply
 
     def _admin(self, method: str, segments: list[str], body: bytes) -> Reply:
@@ -151,10 +162,35 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        max_body_bytes: int,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        header_seconds: float = HEADER_SECONDS,
+    ) -> None:
         super().__init__(address, Handler)
         self.max_body_bytes = max_body_bytes
         self.dispatcher: Dispatcher | None = None
+        self.cap = ConnectionCap(max_connections)
+        self.deadlines = HeaderDeadlines(header_seconds)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.cap.admit(request):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.cap.release()  # no thread was started to release it
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.cap.release()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -167,9 +203,27 @@ class Handler(BaseHTTPRequestHandler):
     # Idle keep-alive connections are dropped rather than holding a thread for ever.
     timeout = 30
 
+    def handle_one_request(self) -> None:
+        # Idle between requests for up to ``timeout``; once the next request's first byte is
+        # here, its line and headers must all arrive within the header deadline.
+        try:
+            ready = select.select([self.connection], [], [], self.timeout)[0]
+        except (OSError, ValueError):
+            ready = []
+        if not ready:
+            self.close_connection = True
+            return
+        self._deadline = self.server.deadlines.start(self.connection)
+        try:
+            super().handle_one_request()
+        finally:
+            self.server.deadlines.stop(self._deadline)
+
     def _dispatch(self) -> None:
+        self.server.deadlines.stop(self._deadline)  # the headers are in: the body has its own
         dispatcher = self.server.dispatcher
         assert dispatcher is not None
+        self._route = UNROUTED
         try:
             body = self._read_body()
         except ValueError:
@@ -192,8 +246,9 @@ class Handler(BaseHTTPRequestHandler):
             try:
                 reply = dispatcher.handle(self.command, self.path, host, headers, body)
             except Exception:
-                log.exception("request %s %s failed", self.command, self.path)
+                log.exception("request %s failed", self.command)  # the path may hold a secret
                 reply = Reply.error(500, "internal_error", "devhost failed; see its log")
+        self._route = reply.route
         self._send(reply)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _dispatch
@@ -235,7 +290,17 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(reply.body)
 
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        # The route template, never the path or the query: a connect link's token is a path
+        # segment, an OAuth callback's code and state are query parameters.
+        log.debug("%s %s %s -> %s", self.address_string(), self.command,
+                  getattr(self, "_route", UNROUTED), code)  # fmt: skip
+
     def log_message(self, format: str, *args: Any) -> None:
-        # Without query strings: an OAuth callback carries its code and state there.
-        line = re.sub(r"\?[^ \"]*", "?…", format % args)
+        # Errors before a route is known (a malformed request line): whatever of the request
+        # line they quote is dropped with it.
+        line = format % args
+        for raw in {getattr(self, "requestline", ""), getattr(self, "path", "")} - {""}:
+            line = line.replace(raw, "(request line)")
+        line = re.sub(r"/\S*", "/…", line)
         log.debug("%s %s", self.address_string(), line)

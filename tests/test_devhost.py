@@ -12,8 +12,10 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -428,3 +430,85 @@ def test_sigterm_gives_running_messages_back_and_exits_promptly(
     returned = slow.peek_messages()
     assert [m.content for m in returned] == [encode_message("take your time")]
     assert base64.b64decode(returned[0].content) == b"take your time"
+
+
+# --- slow and flooding clients (issue 16, point 7) --------------------------------------------
+
+
+def _slow_client(
+    port: int, partial: bytes = b"GET /api/hello/World HTTP/1.1\r\nHost: x\r\n"
+) -> socket.socket:
+    """A slowloris: the request line and part of the headers, then nothing."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(partial)
+    return sock
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    sock.settimeout(0.05)
+    try:
+        return sock.recv(1024) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+
+
+def test_slow_headers_lose_their_connection_and_others_are_served(launch: Launch) -> None:
+    host = launch("slow", "--no-timers", "--max-connections", "64", "--header-seconds", "1")
+    slow = [_slow_client(host.port) for _ in range(40)]
+    try:
+        # While forty clients stall mid-headers, a well-behaved one is answered at once.
+        assert requests.get(f"{host.url}/api/hello/World", timeout=5).text == "hello World"
+        wait_until(lambda: all(_closed_by_server(s) for s in slow), timeout=15,
+                   what="the stalled connections to be closed")  # fmt: skip
+    finally:
+        for sock in slow:
+            sock.close()
+    assert "sent its request headers too slowly" in host.log.read_text()
+
+
+def test_headers_trickled_in_are_cut_off_at_the_deadline(launch: Launch) -> None:
+    host = launch("trickle", "--no-timers", "--header-seconds", "1")
+    sock = _slow_client(host.port, b"GET /api/hello/World HTTP/1.1\r\n")
+    pause = threading.Event()
+    sent, started = 0, time.monotonic()
+    try:
+        with contextlib.suppress(OSError):
+            while time.monotonic() - started < 15:
+                sock.sendall(b"X")  # one byte of a header every 100 ms: never a whole request
+                sent += 1
+                if _closed_by_server(sock):
+                    break
+                pause.wait(0.1)
+        assert time.monotonic() - started < 10, "the trickling client was never cut off"
+    finally:
+        sock.close()
+    assert sent >= 3  # it did trickle for a while before the deadline
+
+
+def test_connections_over_the_cap_are_answered_503_at_once(launch: Launch) -> None:
+    host = launch("cap", "--no-timers", "--max-connections", "4", "--header-seconds", "5")
+    held = [_slow_client(host.port) for _ in range(4)]
+
+    def status() -> int:
+        return requests.get(f"{host.url}/api/hello/World", timeout=5).status_code
+
+    try:
+        wait_until(lambda: status() == 503, timeout=10, what="the cap to be reached")
+        busy = requests.get(f"{host.url}/api/hello/World", timeout=5)
+        assert busy.json()["error"] == "busy"
+        assert busy.headers["Retry-After"] == "1"
+    finally:
+        for sock in held:
+            sock.close()
+    # The slots come back when the held connections go.
+    wait_until(lambda: status() == 200, timeout=10, what="a slot to be free again")
+
+
+def test_an_idle_kept_alive_connection_outlives_the_header_deadline(launch: Launch) -> None:
+    host = launch("idle", "--no-timers", "--header-seconds", "0.5")
+    with requests.Session() as session:
+        assert session.get(f"{host.url}/api/hello/a", timeout=5).text == "hello a"
+        threading.Event().wait(1.5)  # idle longer than the header deadline, on purpose
+        assert session.get(f"{host.url}/api/hello/b", timeout=5).text == "hello b"

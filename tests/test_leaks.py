@@ -665,3 +665,20 @@ def test_no_secret_appears_in(evidence: Evidence, family: str) -> None:
         excerpt = found[0].excerpt
         lines.append(f"- {kind} in {name}: {len(found)} hit(s) [{forms_seen}]: ...{excerpt}...")
     pytest.fail("\n".join(lines), pytrace=False)
+
+
+def test_connect_link_tokens_never_reach_the_log(world: World) -> None:
+    """A link's token is a path segment: the host logs each request by its route template
+    (issue 16, point 5). Opened once, opened again (spent) and guessed: never in the log."""
+    link = world.connect_link(OIDC, "leak-link@contoso.com")
+    token = link.rsplit("/", 1)[1]
+    world.authorize_url(link)
+    spent = world.http.get(link, allow_redirects=False, timeout=30)
+    guessed = world.http.get(f"{link[: -len(token)]}{secrets.token_urlsafe(32)}", timeout=30)
+    assert (spent.status_code, guessed.status_code) == (404, 404)
+    log = world.devhost.log.read_text(errors="replace")
+    assert token not in log
+    assert quote(token) not in log
+    # What is logged instead: the route, in the access line and in the function's outcome.
+    assert "GET /api/connect/{session} -> 302" in log
+    assert "GET /api/connect/{session} -> 404" in log
