@@ -188,6 +188,23 @@ def test_a_rotation_runs_create_test_promote_revoke(world: World) -> None:
     assert len(world.events(f"pat:{pat['id']}", "keysteward.credential.rotated")) == 1
 
 
+def test_every_audit_row_about_a_pat_is_seen_by_an_auditor_of_its_user(world: World) -> None:
+    """``audit:read`` is glob-filtered (issue 16, point 1): each row about a PAT names its app
+    and user, so an auditor of that user sees the PAT's whole story and nobody else's."""
+    connect(world, "p-audit")
+    pat = made(world, "p-audit")
+    assert world.call("POST", f"pats/{pat['id']}/rotate").status_code == 202
+    wait_rotated(world, pat["id"])
+    every = {e.action for e in world.audit(f"pat:{pat['id']}")}
+    assert {"pat.created", "pat.rotation_started", "pat.rotated", "pat.previous_revoked"} <= every
+    auditor = world.key(["audit:read"], [f"{APP}/p-audit"])
+    entries = world.call("GET", "audit?limit=1000", key=auditor).json()["entries"]
+    assert {e["action"] for e in entries if e["subject"] == f"pat:{pat['id']}"} == every
+    stranger = world.key(["audit:read"], [f"{APP}/p-someone-else"])
+    others = world.call("GET", "audit?limit=1000", key=stranger).json()["entries"]
+    assert not [e for e in others if e["subject"] == f"pat:{pat['id']}"]
+
+
 WORKER = """
 import os, sys, time
 from shared.runtime import Runtime

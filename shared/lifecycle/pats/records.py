@@ -190,6 +190,7 @@ class ManagedPats:
 
         pat = on_conflict(record, what=f"the managed PAT '{pat_id}'")
         self._audit.record(actor, "pat.extended", f"pat:{pat_id}", detail={
+            "app": pat.app, "user_id": pat.user_id,  # whose: audit reads are glob-filtered
             "requested_valid_to": wanted.isoformat(), "valid_to": token.valid_to.isoformat(),
             "clamped": token.valid_to < wanted - timedelta(minutes=1),
         })  # fmt: skip

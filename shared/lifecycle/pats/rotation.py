@@ -85,7 +85,8 @@ class Rotations:
         self.enqueue(pat.id, pat.rotation_id)
         if started:
             self._audit.record(actor, "pat.rotation_started", f"pat:{pat_id}",
-                               detail={"rotation": pat.rotation_id, "reason": reason})  # fmt: skip
+                               detail={**_whose(pat), "rotation": pat.rotation_id,
+                                       "reason": reason})  # fmt: skip
         return pat, started
 
     def enqueue(self, pat_id: str, rotation_id: str, delay: float = 0) -> None:
@@ -157,7 +158,7 @@ class Rotations:
                     pat.previous_authorization_id,
                 ):
                     api.revoke(bearer, pat.organization, token.authorization_id)
-                    detail = {"authorization_id": token.authorization_id}
+                    detail = {**_whose(pat), "authorization_id": token.authorization_id}
                     self._audit.record(ACTOR, "pat.orphan_revoked", f"pat:{pat.id}", detail=detail)
         assert pat.rotation_id is not None
         intent = f"{pat.display_name} [ks {pat.rotation_id[4:12]}-{uuid.uuid4().hex[:4]}]"
@@ -202,7 +203,7 @@ class Rotations:
         pat.rotation_id = pat.rotation_step = None
         pat.last_error = "rotation abandoned: the new PAT never authenticated"
         self._store.save(pat)
-        detail = {"reason": pat.last_error}
+        detail = {**_whose(pat), "reason": pat.last_error}
         self._audit.record(ACTOR, "pat.rotation_failed", f"pat:{pat.id}",
                            outcome=AuditOutcome.FAILURE, detail=detail)  # fmt: skip
 
@@ -266,4 +267,9 @@ class Rotations:
         pat.updated_at = self._clock.now()
         self._store.save(pat)
         self._audit.record(ACTOR, "pat.previous_revoked", f"pat:{pat.id}",
-                           detail={"authorization_id": revoked})  # fmt: skip
+                           detail={**_whose(pat), "authorization_id": revoked})  # fmt: skip
+
+
+def _whose(pat: ManagedPat) -> dict[str, str]:
+    # Audit reads are filtered by the reader's globs, which need the app and the user.
+    return {"app": pat.app, "user_id": pat.user_id}
