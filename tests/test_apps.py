@@ -126,14 +126,14 @@ def test_the_example_apps_file_is_valid(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("public_url", "refused"),
     [("http://keysteward.contoso.com", True), ("http://10.0.0.4:7071", True),
-     ("https://keysteward.contoso.com", False), ("http://127.0.0.1:7071", False),
-     ("http://localhost:7071", False), ("http://[::1]:7071", False)],
+     ("https://keysteward.contoso.com", False), ("http://127.0.0.1:7071", True),
+     ("http://localhost:7071", True), ("http://[::1]:7071", True)],
 )  # fmt: skip
 def test_a_legacy_azure_devops_app_needs_an_https_public_url(
     app_env: dict[str, str], tmp_path: Path, public_url: str, refused: bool
 ) -> None:
     """providers.md §2: its redirect URI must be https; Keysteward's lies under its public URL.
-    Plain http is allowed only on a loopback host (development)."""
+    Loopback too (make run's own URL): real Azure DevOps takes no http callback."""
     ado = {"provider": "azure-devops-oauth", "client_id": "6b9c2f1e-4a3d-4c55-9f0e-2d1b7a8c9e01",
            "client_secret": "${ADO_SECRET}", "scopes": ["vso.work"]}  # fmt: skip
     apps_file = tmp_path / "apps.yaml"
@@ -151,6 +151,23 @@ def test_a_legacy_azure_devops_app_needs_an_https_public_url(
     assert "app 'ado'" in message
     assert "https" in message
     assert public_url in message
+
+
+@pytest.mark.parametrize("public_url", ["http://127.0.0.1:7071", "http://[::1]:7071"])
+def test_only_the_suite_may_use_loopback_http_for_its_fake(
+    app_env: dict[str, str], tmp_path: Path, public_url: str
+) -> None:
+    ado = {"provider": "azure-devops-oauth", "client_id": "6b9c2f1e-4a3d-4c55-9f0e-2d1b7a8c9e01",
+           "client_secret": "${ADO_SECRET}", "scopes": ["vso.work"]}  # fmt: skip
+    apps_file = tmp_path / "apps.yaml"
+    apps_file.write_text(yaml.safe_dump({"apps": {"ado": ado}}))
+    env = {**app_env, **ENV, "KEYSTEWARD_APPS_FILE": str(apps_file),
+           "KEYSTEWARD_PUBLIC_URL": public_url,
+           "KEYSTEWARD_TEST_HTTP_LOOPBACK": "true"}  # fmt: skip
+    assert "ado" in apps.load(Settings.from_env(env))
+    remote = {**env, "KEYSTEWARD_PUBLIC_URL": "http://keysteward.contoso.com"}
+    with pytest.raises(SettingsError):
+        apps.load(Settings.from_env(remote))
 
 
 def test_an_http_public_url_is_fine_without_a_legacy_azure_devops_app(

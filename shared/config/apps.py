@@ -120,16 +120,17 @@ def load(settings: Settings) -> Apps:
     except yaml.YAMLError as exc:
         raise SettingsError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
     loaded = parse(data, settings.environment, str(path))
-    _redirects_reachable(loaded, settings.public_url, str(path))
+    _redirects_reachable(loaded, settings, str(path))
     return loaded
 
 
-def _redirects_reachable(apps: Apps, public_url: str, source: str) -> None:
+def _redirects_reachable(apps: Apps, settings: Settings, source: str) -> None:
     """Legacy Azure DevOps OAuth takes only https redirect URIs (providers.md §2), and Keysteward's
-    is under its public URL: refuse at start-up what every sign-in would fail on. Plain http on a
-    loopback host stays allowed: a developer's machine, which no real Azure DevOps calls back."""
+    is under its public URL: refuse at start-up what every sign-in would fail on. Only the suite,
+    whose fake of Azure DevOps takes loopback http, may say otherwise (``TEST_HTTP_LOOPBACK``)."""
+    public_url = settings.public_url
     parts = urlsplit(public_url)
-    if parts.scheme == "https" or _loopback(parts.hostname or ""):
+    if parts.scheme == "https" or (settings.test_http_loopback and _loopback(parts.hostname or "")):
         return
     for app in apps.all():
         if app.provider.driver == "azure-devops-oauth":

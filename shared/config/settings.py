@@ -41,6 +41,9 @@ PROVIDER_TIMEOUT_SECONDS = "KEYSTEWARD_PROVIDER_TIMEOUT_SECONDS"
 ROTATION_GRACE_MINUTES = "KEYSTEWARD_ROTATION_GRACE_MINUTES"
 # Test only: kill the process at a named point (shared.foundation.crashpoints). Never set in Azure.
 TEST_FAULT = crashpoints.SETTING
+# Test only: a legacy Azure DevOps app may use an http loopback public URL, for the suite's fake
+# of its OAuth (real Azure DevOps takes only https redirect URIs). Never set in Azure.
+TEST_HTTP_LOOPBACK = "KEYSTEWARD_TEST_HTTP_LOOPBACK"
 WEBSITE_HOSTNAME = "WEBSITE_HOSTNAME"  # set by Azure App Service / Functions
 
 # Every setting the code reads (the infrastructure test checks the Bicep app settings against it).
@@ -60,7 +63,7 @@ KEYSTEWARD_SETTINGS = (
     PROVIDER_TIMEOUT_SECONDS,
     ROTATION_GRACE_MINUTES,
 )
-TEST_SETTINGS = (TEST_FAULT,)
+TEST_SETTINGS = (TEST_FAULT, TEST_HTTP_LOOPBACK)
 
 DEFAULT_REFRESH_SCHEDULE = "0 */5 * * * *"
 DEFAULT_EXPIRY_SWEEP_SCHEDULE = "0 0 2 * * *"
@@ -107,6 +110,7 @@ class Settings:
     rotation_grace_minutes: float = 60.0
     # The environment as read at start-up, for the apps file's ${NAME} secret references.
     test_fault: str | None = None
+    test_http_loopback: bool = False
     environment: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -158,6 +162,7 @@ class Settings:
                 ROTATION_GRACE_MINUTES, get(ROTATION_GRACE_MINUTES), 60.0
             ),
             test_fault=get(TEST_FAULT),
+            test_http_loopback=get(TEST_HTTP_LOOPBACK) == "true",
             environment=dict(env),
         )
 

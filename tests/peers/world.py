@@ -301,6 +301,8 @@ def running_world(
             "KEYSTEWARD_APPS_FILE": str(apps_file),
             "KEYSTEWARD_PUBLIC_URL": public,
             "KEYSTEWARD_ALLOWED_RETURN_URLS": f"{RETURN_URL},{RETURN_PREFIX}",
+            # The Azure DevOps OAuth fake takes loopback http; the real service takes only https.
+            "KEYSTEWARD_TEST_HTTP_LOOPBACK": "true",
             "REQUESTS_CA_BUNDLE": str(_ca_bundle(entra_op.ca_file, directory)),
             # Short enough that crash and timeout tests finish quickly.
             "KEYSTEWARD_REFRESH_LEASE_SECONDS": str(LEASE_SECONDS),
