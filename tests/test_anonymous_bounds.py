@@ -9,6 +9,7 @@ the expired minute buckets, which a store that counts what it hands back proves.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,7 +29,7 @@ from shared.lifecycle.user_ids import UserIds
 from shared.providers.drivers import Drivers
 from shared.storage.crypto import KeyRing
 from shared.storage.store import Row, Store
-from shared.storage.tables.audit import AuditEntry
+from shared.storage.tables.audit import AuditEntry, AuditOutcome
 from shared.storage.tables.connect_links import ConnectLink, OAuthState, digest
 from shared.storage.tables.schedule import Schedule
 from shared.trail.audit import AuditLog
@@ -181,3 +182,41 @@ def test_a_live_link_still_works_after_a_sweep(
     clock.advance(timedelta(minutes=9))
     assert ExpiredSessions(counting, clock).run() == {"links": 0, "states": 0, "index_rows": 0}
     assert connect.start(token).url.startswith("https://")
+
+
+def test_concurrent_junk_loses_no_count(
+    connect: Connect, counting: CountingStore, clock: FixedClock
+) -> None:
+    # The row is updated on its ETag: writers that race retry from a fresh read.
+    def junk() -> None:
+        for _ in range(25):
+            refused(connect.callback, "acme", {"state": "x"}, {})
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for done in [pool.submit(junk) for _ in range(4)]:
+            done.result()
+    [row] = failures(counting, clock)
+    assert row.detail["count"] == 100
+
+
+def test_a_counted_row_never_meets_a_row_of_its_own(
+    counting: CountingStore, clock: FixedClock
+) -> None:
+    audit = AuditLog(counting, clock)
+    clock.set(NOW.replace(second=0))  # the very microsecond a counted row's key names
+    single = audit.record("user:browser", "connection.connect_failed", "acme/?")
+    counted = audit.count(
+        "user:browser", "connection.connect_failed", "acme/?", AuditOutcome.FAILURE,
+        {"reason": "unknown_state"},
+    )  # fmt: skip
+    assert single.id.split("-")[0] == counted.id.split("-")[0]
+    assert single.id != counted.id
+    assert "count" not in single.detail
+    with pytest.raises(ValueError, match="secret"):
+        audit.count(
+            "user:browser",
+            "connection.connect_failed",
+            "eyJhbGciOiJIUzI1NiJ9.eyJ4IjoxfQ.c2lnbmF0dXJlLXNpZ25hdHVyZQ",
+            AuditOutcome.FAILURE,
+            {"reason": "x"},
+        )
