@@ -7,10 +7,10 @@ stores the grant.
 3. ``callback`` → the state is checked (known, unexpired, for this app) and consumed by a
    conditional delete, so a replay finds nothing; the code is exchanged; the connection is stored.
 
-Every failure stores nothing, is audited (junk anyone can send is counted:
-``anonymous_audit``), and surfaces as ``CallbackFailed`` with a status and a
-message fit for the user's browser. Links and states are stored only as SHA-256 digests, and
-indexed by the minute they expire so ``expired_sessions`` deletes those left unused.
+Every failure stores nothing, is audited (junk anyone can send only counted: ``anonymous_audit``),
+and surfaces as ``CallbackFailed`` with a status and a message fit for the user's browser. Links
+and states are stored only as SHA-256 digests, and indexed by the minute they expire so that
+``expired_sessions`` deletes those left unused.
 """
 
 from __future__ import annotations
