@@ -1,8 +1,10 @@
-"""The nightly sweep (KEYSTEWARD_EXPIRY_SWEEP_SCHEDULE): managed PATs against what Azure DevOps
-holds (revoked, expired or changed outside Keysteward), then expiry warnings, then another try at
-upstream revocations that kept failing (connections and managed PATs), then the clean-up of PAT
-creations that never finished, then the one-time backfill of user ids stored before ``UserIds``
-(a single read once done); each runs even when an earlier one failed."""
+"""The sweep of expired connect links and OAuth states (KEYSTEWARD_REFRESH_SCHEDULE: it reads only
+the minutes that ended since its last run, so it is short and runs often), and the nightly sweep
+(KEYSTEWARD_EXPIRY_SWEEP_SCHEDULE): managed PATs against what Azure DevOps holds (revoked,
+expired or changed outside Keysteward), then expiry warnings, then another try at upstream
+revocations that kept failing (connections and managed PATs), then the clean-up of PAT creations
+that never finished, then the one-time backfill of user ids stored before ``UserIds`` (a single
+read once done); each runs even when an earlier one failed."""
 
 from __future__ import annotations
 
@@ -38,3 +40,9 @@ def expiry_sweep(timer: func.TimerRequest) -> None:
         ]
     )
     log.info("nightly sweep: %s", report.results)
+
+
+@bp.timer_trigger(arg_name="timer", schedule=get_settings().refresh_schedule, run_on_startup=False)
+def expired_sessions_sweep(timer: func.TimerRequest) -> None:
+    swept = get_runtime().expired_sessions().run()
+    log.info("expired sessions sweep: %s", swept)

@@ -25,6 +25,7 @@ from shared.lifecycle.access_tokens import Tokens
 from shared.lifecycle.app_health import AppHealth
 from shared.lifecycle.connect_flow import Connect
 from shared.lifecycle.credential_revocation import CredentialRevoker
+from shared.lifecycle.expired_sessions import ExpiredSessions
 from shared.lifecycle.expiry_warnings import ExpirySweep
 from shared.lifecycle.pats.records import ManagedPats
 from shared.lifecycle.pats.revocation import PatRevocation
@@ -74,6 +75,9 @@ class Runtime:
 
     def refresh_sweep(self) -> RefreshSweep:
         return RefreshSweep(self.schedule, self.connections, self.clock)
+
+    def expired_sessions(self) -> ExpiredSessions:
+        return ExpiredSessions(self.store, self.clock)
 
     def expiry_sweep(self) -> ExpirySweep:
         return ExpirySweep(

@@ -7,8 +7,10 @@ stores the grant.
 3. ``callback`` → the state is checked (known, unexpired, for this app) and consumed by a
    conditional delete, so a replay finds nothing; the code is exchanged; the connection is stored.
 
-Every failure stores nothing, is audited, and surfaces as ``CallbackFailed`` with a status and a
-message fit for the user's browser. Links and states are stored only as SHA-256 digests.
+Every failure stores nothing, is audited (junk anyone can send only counted: ``anonymous_audit``),
+and surfaces as ``CallbackFailed`` with a status and a message fit for the user's browser. Links
+and states are stored only as SHA-256 digests, and indexed by the minute they expire so that
+``expired_sessions`` deletes those left unused.
 """
 
 from __future__ import annotations
@@ -34,11 +36,12 @@ from shared.foundation.errors import (
     ProviderError,
 )
 from shared.foundation.secret import Secret
+from shared.lifecycle.anonymous_audit import ConnectFailures
 from shared.lifecycle.app_health import AppHealth
 from shared.lifecycle.browser_binding import WRONG_BROWSER, WRONG_BROWSER_MESSAGE, BrowserBinding
 from shared.lifecycle.caller_requests import NewLink
+from shared.lifecycle.expired_sessions import ExpiredSessions
 from shared.lifecycle.grant_checks import (
-    IDENTITY_MISMATCH,
     changed_account,
     identity_changed,
     insufficient_scope,
@@ -55,7 +58,6 @@ from shared.providers.identity import Identity
 from shared.providers.oauth import Grant, new_state
 from shared.storage.retry import on_conflict
 from shared.storage.store import Store
-from shared.storage.tables.audit import AuditOutcome
 from shared.storage.tables.connect_links import ConnectLink, OAuthState, digest
 from shared.storage.tables.connections import Connection, ConnectionStore, Status
 from shared.storage.tables.schedule import Schedule
@@ -111,6 +113,8 @@ class Connect:
         self._apps = apps
         self._drivers = drivers
         self._audit = audit
+        self._failures = ConnectFailures(audit)
+        self._expiry = ExpiredSessions(store, clock)
         self._events = events
         self._clock = clock
         self._public_url = public_url.rstrip("/")
@@ -140,6 +144,7 @@ class Connect:
             return_to=return_to,
             allow_identity_change=request.allow_identity_change,
         )
+        self._expiry.index(link)  # first: a link is never stored where the sweep cannot find it
         self._store.create(link)
         self._audit.record(actor, "connect.link_created", f"{app_id}/{user}")
         return {
@@ -154,7 +159,8 @@ class Connect:
         now = self._clock.now()
         link = self._store.read(ConnectLink, digest(token), "link") if token else None
         if link is None:
-            raise CallbackFailed(404, "unknown_link", "This connect link is unknown or was used.")
+            unknown = "This connect link is unknown or was used."
+            raise self._failures.record(CallbackFailed(404, "unknown_link", unknown), "?/?")
         if link.expires_at <= now:
             self._store.remove(link)
             raise CallbackFailed(410, "expired_link", "This connect link has expired.")
@@ -184,6 +190,7 @@ class Connect:
             return_to=link.return_to,
             allow_identity_change=link.allow_identity_change,
         )
+        self._expiry.index(pending)
         self._store.create(pending)
         try:
             self._store.remove(link)  # single use: whoever deletes it first wins
@@ -218,15 +225,7 @@ class Connect:
                 raise refused
             connected = self._store_connection(app, state, grant)
         except CallbackFailed as failed:
-            self._audit.record(
-                "user:browser",
-                "connect.identity_mismatch"
-                if failed.error == IDENTITY_MISMATCH
-                else "connection.connect_failed",
-                subject,
-                outcome=AuditOutcome.FAILURE,
-                detail={"reason": failed.error, **failed.detail},
-            )
+            self._failures.record(failed, subject)
             raise
         self._announce(app, subject, connected)
         return connected

@@ -5,6 +5,11 @@ Entries live in the ``Audit`` table: PartitionKey = UTC day ``YYYYMMDD``, RowKey
 two writers in the same microsecond still get distinct rows (a collision, one in 2**32, retries
 with a new suffix). Entries are only ever inserted: never updated, never deleted.
 
+One exception, for what anyone can cause at will (a junk OAuth callback): ``count`` keeps one
+row per actor, action, subject, detail and minute, whose RowKey is the minute's followed by
+``-count-`` and a digest of what it counts (never a random key's form, so the two cannot meet).
+Only its ``count`` and ``last_at`` change, each call adding one; it is never deleted.
+
 Nothing secret may enter the trail: every detail goes through ``shared.foundation.redaction``.
 
 ``actor``, ``action``, ``subject`` and ``outcome`` are identifiers, not free text: one that looks
@@ -13,14 +18,16 @@ secret is a programming error and is refused with ``ValueError`` before anything
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
 
 from shared.foundation.clock import Clock
-from shared.foundation.errors import AlreadyExists
+from shared.foundation.errors import AlreadyExists, ConcurrencyConflict
 from shared.foundation.redaction import check_identifier, redact
+from shared.storage.retry import on_conflict
 from shared.storage.store import Store
 from shared.storage.tablekeys import encode_key
 from shared.storage.tables.audit import AuditEntry, AuditOutcome
@@ -47,13 +54,7 @@ class AuditLog:
         detail: Mapping[str, object] | None = None,
     ) -> AuditEntry:
         """Append one entry. Storage failures propagate: an action that cannot be audited fails."""
-        for name, value in (
-            ("actor", actor),
-            ("action", action),
-            ("subject", subject),
-            ("outcome", outcome),
-        ):
-            check_identifier(f"audit {name}", value)
+        _check(actor, action, subject, outcome)
         safe = _bounded(redact(detail or {}))
         at = self._clock.now().astimezone(UTC)
         for _ in range(_INSERT_TRIES):
@@ -72,6 +73,40 @@ class AuditLog:
             except AlreadyExists:
                 continue  # same microsecond and same random suffix: draw again
         raise AlreadyExists("Audit: could not find a free row key")  # pragma: no cover
+
+    def count(
+        self,
+        actor: str,
+        action: str,
+        subject: str,
+        outcome: AuditOutcome,
+        detail: Mapping[str, str],
+    ) -> AuditEntry:
+        """Add one to this minute's row for ``(actor, action, subject, outcome, detail)``: for
+        refusals anyone can cause at will, where a row each would let anonymous traffic grow the
+        trail without bound. ``detail`` names the cause (a few short identifiers)."""
+        _check(actor, action, subject, outcome)
+        safe = _bounded(redact(detail))
+        at = self._clock.now().astimezone(UTC)
+        minute = at.replace(second=0, microsecond=0)
+        what = json.dumps([actor, action, subject, outcome, safe], sort_keys=True)
+        key = f"{_micros_key(minute)}-count-{hashlib.sha256(what.encode()).hexdigest()[:16]}"
+
+        def attempt() -> AuditEntry:
+            entry = self._store.read(AuditEntry, day_key(minute), key)
+            if entry is None:
+                entry = AuditEntry(day_key(minute), key, minute, actor, action, subject, outcome)
+                entry.detail = {**safe, "count": 1, "last_at": at.isoformat()}
+                try:
+                    return self._store.create(entry)
+                except AlreadyExists:
+                    raise ConcurrencyConflict("Audit: the counted row was just created") from None
+            counted = entry.detail.get("count")
+            entry.detail["count"] = (counted if isinstance(counted, int) else 0) + 1
+            entry.detail["last_at"] = at.isoformat()
+            return self._store.save(entry)  # on this row's ETag: no count is lost to a race
+
+        return on_conflict(attempt, what="the counted audit row")
 
     def read(
         self,
@@ -136,6 +171,16 @@ def _micros_key(at: datetime) -> str:
     if micros < 0:
         raise ValueError("audit times start at the epoch")
     return f"{micros:016d}"
+
+
+def _check(actor: str, action: str, subject: str, outcome: AuditOutcome) -> None:
+    for name, value in (
+        ("actor", actor),
+        ("action", action),
+        ("subject", subject),
+        ("outcome", outcome),
+    ):
+        check_identifier(f"audit {name}", value)
 
 
 def _bounded(detail: dict[str, object]) -> dict[str, object]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from shared.storage.entities import Entity, sealed_fields
 from shared.storage.tables.api_keys import ApiKey
 from shared.storage.tables.audit import AuditEntry
-from shared.storage.tables.connect_links import ConnectLink, OAuthState
+from shared.storage.tables.connect_links import ConnectLink, OAuthState, SessionExpiry
 from shared.storage.tables.connections import Connection, UserConnection
 from shared.storage.tables.expiry_warnings import ExpiryWarning
 from shared.storage.tables.misconfigured_apps import MisconfiguredApp
@@ -19,7 +19,7 @@ from shared.storage.tables.user_ids import UserId
 TABLES: tuple[type[Entity], ...] = (
     ApiKey, AuditEntry, ConnectLink, OAuthState, Connection, UserConnection, ExpiryWarning,
     ManagedPat, PatOfConnection, Revocation, Outcome, PendingRevocation, ScheduleEntry,
-    UserId, MisconfiguredApp,
+    UserId, MisconfiguredApp, SessionExpiry,
 )  # fmt: skip
 # Rows with sealed fields, one class per table (Revocations' two row kinds share a table).
 SEALED: tuple[type[Entity], ...] = tuple(cls for cls in TABLES if sealed_fields(cls))

@@ -50,3 +50,24 @@ class OAuthState(Entity):
     browser: str | None = None
     allow_identity_change: bool = False
     kind: str = "state"
+
+
+@dataclass
+class SessionExpiry(Entity):
+    """``ConnectExpiry``: the index of links and states by the minute they expire.
+
+    PartitionKey = ``expire-YYYYMMDDHHMM`` (UTC), RowKey = ``{kind}|{digest}``. Written before the
+    link or state it points at, so every row it might leave behind is found by the sweep, which
+    reads only the buckets of minutes that are over (a key range, never a scan)."""
+
+    TABLE = "ConnectExpiry"
+    PARTITION = "bucket"
+    ROW = "key"
+    bucket: str
+    key: str
+
+    @property
+    def target(self) -> tuple[str, str]:
+        """The ``(kind, digest)`` of the link or state this row points at."""
+        kind, _, found = self.key.partition("|")
+        return kind, found
