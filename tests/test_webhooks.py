@@ -41,6 +41,7 @@ from shared.trail.webhooks import (
     sign,
     verify,
 )
+from tests.peers.devhost import start_devhost
 from tests.peers.processes import free_port, wait_until
 from tests.peers.receiver import WebhookReceiver
 
@@ -457,24 +458,26 @@ def _forged(note: str) -> dict[str, Any]:
     return {**_event(), "id": str(uuid.uuid4()), "data": {"app": "pd", "note": note}}
 
 
-def _forgeries() -> list[tuple[dict[str, Any], str]]:
+def _forgeries(ours: KeyRing = RING) -> list[tuple[dict[str, Any], str]]:
     """Messages an attacker who may write to the queue can make, and why each is refused."""
-    same_kid = MessageSeals(KeyRing([("hooks1", os.urandom(32))]), SEAL_PURPOSE)
+    kid = ours.primary
+    same_kid = MessageSeals(KeyRing([(kid, os.urandom(32))]), SEAL_PURPOSE)
     foreign = MessageSeals(KeyRing([("elsewhere", os.urandom(32))]), SEAL_PURPOSE)
-    other_purpose = MessageSeals(RING, "revocation-requests")
-    changed = _sealed(_forged("as sealed"))
+    other_purpose = MessageSeals(ours, "revocation-requests")
+    changed = _sealed(_forged("as sealed"), 1, MessageSeals(ours, SEAL_PURPOSE))
     changed["event"] = {**changed["event"], "data": {"app": "pd", "note": "changed after"}}
     return [
         ({"event": _forged("no seal"), "attempt": 1}, "unsealed"),
-        ({"event": _forged("bad"), "attempt": 1, "seal": "s1.hooks1.AAAA"}, "does not match"),
+        ({"event": _forged("bad"), "attempt": 1, "seal": f"s1.{kid}.AAAA"}, "does not match"),
         ({"event": _forged("junk"), "attempt": 1, "seal": "not-a-seal"}, "malformed seal"),
         ({"event": _forged("typed"), "attempt": 1, "seal": 42}, "malformed seal"),
         (_sealed(_forged("same kid, other ring"), 1, same_kid), "does not match"),
         (_sealed(_forged("other ring"), 1, foreign), "key not in the ring"),
         (_sealed(_forged("other purpose"), 1, other_purpose), "does not match"),
         (changed, "does not match"),
-        ({"attempt": 1, "seal": _sealed(_event())["seal"]}, "no event"),
-    ]
+        ({"attempt": 1, "seal": _sealed(_event(), 1, MessageSeals(ours, SEAL_PURPOSE))["seal"]},
+         "no event"),
+    ]  # fmt: skip
 
 
 def _put_and_take(queues: QueueServiceClient, text: str) -> tuple[str, bytes]:
@@ -597,3 +600,44 @@ def test_a_bad_webhook_secret_is_refused_in_one_line(secret: str, message: str) 
     assert "\n" not in text
     assert "KEYSTEWARD_WEBHOOK_SECRET" in text
     assert secret.removeprefix("whsec_") not in text or not secret.removeprefix("whsec_")
+
+
+def test_on_a_running_host_only_sealed_events_reach_the_receiver(
+    app_env: dict[str, str],
+    tmp_path: Path,
+    receiver: WebhookReceiver,
+    queues: QueueServiceClient,
+    store: Store,
+) -> None:
+    """The attack as an outsider makes it: forged messages put on the queue a devhost serves."""
+    key_ring = store.ring  # the app's own ring (app_env's KEYSTEWARD_ENCRYPTION_KEYS)
+    assert key_ring is not None
+    env = {**app_env, "KEYSTEWARD_WEBHOOK_URL": receiver.url,
+           "KEYSTEWARD_WEBHOOK_SECRET": SECRET.decode()}  # fmt: skip
+    host = start_devhost(env, tmp_path / "devhost.log", args=("--no-timers",))
+    try:
+        client = _queue(queues, WEBHOOK_QUEUE)
+        with contextlib.suppress(ResourceExistsError):
+            client.create_queue()
+        forgeries = _forgeries(key_ring)
+        for message, _ in forgeries:
+            client.send_message(encode_message(json.dumps(message)))
+        publisher = EventPublisher(queues, SystemClock(), "https://keysteward.contoso.com", True,
+                                   seals=MessageSeals(key_ring, SEAL_PURPOSE))  # fmt: skip
+        genuine = publisher.publish(events.CREDENTIAL_ROTATED, "pat:p1", {"pat_id": "p1"})
+        audit = AuditLog(store, SystemClock())
+
+        def settled() -> bool:
+            return bool(receiver.accepted) and len(audit.read(STARTED)) >= len(forgeries)
+
+        wait_until(settled, timeout=30, what="the genuine delivery and every forgery audited")
+    finally:
+        host.stop()
+    assert [d.event for d in receiver.accepted] == [genuine]
+    assert receiver.rejected == receiver.failed == []
+    rows = audit.read(STARTED)
+    assert len(rows) == len(forgeries)
+    assert {(r.actor, r.action) for r in rows} == {(ACTOR, "webhook.dropped")}
+    reasons = {r.detail.get("event_id"): str(r.detail["reason"]) for r in rows}
+    for message, why in forgeries:
+        assert why in reasons[message.get("event", {}).get("id")]
