@@ -1,12 +1,11 @@
 """Webhook delivery: one ``webhook-deliveries`` message is one signed POST attempt.
 
-Thin: parse, hand to ``WebhookSender.deliver``, which schedules retries on the queue itself. A
-message that is not JSON is logged and dropped: retrying it could never succeed.
+Thin: hand the message to ``WebhookSender.receive``, which checks its seal (a message Keysteward
+did not seal is audited and dropped), signs, POSTs and schedules retries on the queue itself.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 
 import azure.functions as func
@@ -21,14 +20,6 @@ bp = blueprint()
 
 @bp.queue_trigger(arg_name="msg", queue_name="webhook-deliveries", connection="AzureWebJobsStorage")
 def deliver_webhook(msg: func.QueueMessage) -> None:
-    try:
-        message = json.loads(msg.get_body())
-    except (ValueError, UnicodeDecodeError):
-        log.error("webhook-deliveries message %s is not JSON; dropped", msg.id)
-        return
-    if not isinstance(message, dict):
-        log.error("webhook-deliveries message %s is not a JSON object; dropped", msg.id)
-        return
     sender = get_runtime().webhooks
     if sender is None:
         log.warning(
@@ -37,4 +28,4 @@ def deliver_webhook(msg: func.QueueMessage) -> None:
             msg.id,
         )
         return
-    sender.deliver(message)
+    sender.receive(msg.get_body(), msg.id or "")

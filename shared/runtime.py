@@ -37,13 +37,13 @@ from shared.lifecycle.user_ids import UserIds
 from shared.providers.drivers import Drivers
 from shared.providers.http_session import provider_session
 from shared.storage.clients import queue_service, table_service
-from shared.storage.crypto import KeyRing
+from shared.storage.crypto import KeyRing, MessageSeals
 from shared.storage.lease import Leases
 from shared.storage.store import Store
 from shared.storage.tables.connections import ConnectionStore
 from shared.storage.tables.schedule import Schedule
 from shared.trail.audit import AuditLog
-from shared.trail.events import EventPublisher
+from shared.trail.events import SEAL_PURPOSE, EventPublisher
 from shared.trail.webhooks import WebhookSender
 
 
@@ -110,9 +110,12 @@ class Runtime:
         logging.getLogger("msal").setLevel(
             max(logging.INFO, logging.getLevelName(settings.log_level))
         )
-        store = Store(table_service(settings.storage), KeyRing(settings.encryption_keys))
+        ring = KeyRing(settings.encryption_keys)
+        store = Store(table_service(settings.storage), ring)
         queues = queue_service(settings.storage)
         http = provider_session(settings.provider_timeout_seconds)
+        audit = AuditLog(store, clock)
+        seals = MessageSeals(ring, SEAL_PURPOSE)
         webhooks = None
         if settings.webhook_url and settings.webhook_secret:
             webhooks = WebhookSender(
@@ -121,12 +124,17 @@ class Runtime:
                 session=http,
                 clock=clock,
                 queues=queues,
+                seals=seals,
+                audit=audit,
                 retry_base_seconds=settings.webhook_retry_seconds,
                 max_attempts=settings.webhook_max_attempts,
             )
-        audit = AuditLog(store, clock)
         events = EventPublisher(
-            queues, clock, source=settings.public_url, webhook_enabled=webhooks is not None
+            queues,
+            clock,
+            source=settings.public_url,
+            webhook_enabled=webhooks is not None,
+            seals=seals,
         )
         apps = load_apps(settings)
         crashpoints.arm(settings.test_fault)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import re
 import secrets
 import time
@@ -19,8 +20,9 @@ from shared.config.settings import StorageSettings
 from shared.foundation.clock import FixedClock
 from shared.foundation.redaction import REDACTED
 from shared.storage.clients import queue_service
+from shared.storage.crypto import KeyRing, MessageSeals
 from shared.trail import events
-from shared.trail.events import LIFECYCLE_QUEUE, WEBHOOK_QUEUE, EventPublisher
+from shared.trail.events import LIFECYCLE_QUEUE, SEAL_PURPOSE, WEBHOOK_QUEUE, EventPublisher
 from tests.peers.azurite import connection_string
 from tests.peers.processes import free_port
 
@@ -28,6 +30,7 @@ NOW = datetime(2026, 11, 22, 8, 30, 15, 123456, tzinfo=UTC)
 SOURCE = "https://keysteward.contoso.com"
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 REQUIRED = {"specversion", "id", "source", "type"}
+SEALS = MessageSeals(KeyRing([("test", os.urandom(32))]), SEAL_PURPOSE)
 
 
 def _drain(queues: QueueServiceClient, name: str) -> list[dict[str, Any]]:
@@ -88,10 +91,24 @@ def test_a_delivery_is_queued_only_when_webhooks_are_enabled(queues: QueueServic
     off.publish(events.CONNECTION_CREATED, "pd/alice", {})
     assert _drain(queues, WEBHOOK_QUEUE) == []
 
-    on = EventPublisher(queues, FixedClock(NOW), source=SOURCE, webhook_enabled=True)
+    on = EventPublisher(queues, FixedClock(NOW), SOURCE, webhook_enabled=True, seals=SEALS)
     event = on.publish(events.CONNECTION_CREATED, "pd/bob", {"app": "pd"})
-    assert _drain(queues, WEBHOOK_QUEUE) == [{"event": event, "attempt": 1}]
+    [delivery] = _drain(queues, WEBHOOK_QUEUE)
+    assert delivery == {"event": event, "attempt": 1, "seal": delivery["seal"]}
     assert len(_drain(queues, LIFECYCLE_QUEUE)) == 2
+
+
+def test_a_delivery_is_sealed_over_the_exact_event_bytes(queues: QueueServiceClient) -> None:
+    publisher = EventPublisher(queues, FixedClock(NOW), SOURCE, webhook_enabled=True, seals=SEALS)
+    event = publisher.publish(events.CREDENTIAL_REVOKED, "pd/alice", {"app": "pd", "n": 1.5})
+    [delivery] = _drain(queues, WEBHOOK_QUEUE)
+    body = json.dumps(event, separators=(",", ":")).encode()
+    assert str(delivery["seal"]).startswith("s1.test.")  # the ring's first kid, never a key
+    assert SEALS.problem(delivery["seal"], body) is None
+    assert SEALS.problem(delivery["seal"], body.replace(b"alice", b"bob")) is not None
+    # An unsealed delivery cannot be asked for: the sender would drop every one of them.
+    with pytest.raises(ValueError, match="must be sealed"):
+        EventPublisher(queues, FixedClock(NOW), SOURCE, webhook_enabled=True)
 
 
 def test_event_data_is_redacted(publisher: EventPublisher, queues: QueueServiceClient) -> None:
@@ -135,7 +152,7 @@ def test_unreachable_storage_neither_fails_nor_blocks_the_caller(
 ) -> None:
     closed = free_port()  # nothing listens: every queue call is refused
     dead = queue_service(StorageSettings(connection_string=connection_string(closed, closed)))
-    publisher = EventPublisher(dead, FixedClock(NOW), source=SOURCE, webhook_enabled=True)
+    publisher = EventPublisher(dead, FixedClock(NOW), SOURCE, webhook_enabled=True, seals=SEALS)
     caplog.set_level(logging.ERROR, logger="shared.trail.events")
     started = time.monotonic()
     event = publisher.publish(events.CONNECTION_CREATED, "pd/alice", {"password": "hunter2"})

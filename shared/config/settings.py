@@ -69,6 +69,7 @@ DEFAULT_REFRESH_SCHEDULE = "0 */5 * * * *"
 DEFAULT_EXPIRY_SWEEP_SCHEDULE = "0 0 2 * * *"
 _KID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+WHSEC = "whsec_"  # Standard Webhooks' prefix of a base64 symmetric secret
 
 
 @dataclass(frozen=True)
@@ -266,10 +267,24 @@ def _return_url(value: str) -> str:
 
 
 def _webhook_secret(value: str | None, needed: bool) -> bytes | None:
+    """The HMAC key: ``whsec_`` + base64 as Standard Webhooks serialises it, or a raw secret."""
     if value is None:
         if needed:
             raise SettingsError(f"{WEBHOOK_SECRET} is required when {WEBHOOK_URL} is set")
         return None
+    if value.startswith(WHSEC):
+        encoded = value.removeprefix(WHSEC)
+        try:
+            # Padding may be left off, as the Standard Webhooks libraries allow.
+            key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        except binascii.Error:
+            raise SettingsError(f"{WEBHOOK_SECRET} is not valid base64 after '{WHSEC}'") from None
+        # The spec's symmetric secret: "Random. Between 24 bytes (192 bits) and 64 bytes".
+        if not 24 <= len(key) <= 64:
+            raise SettingsError(
+                f"{WEBHOOK_SECRET}: a '{WHSEC}' secret must decode to 24 to 64 bytes"
+            )
+        return key
     if len(value) < 32:
         raise SettingsError(f"{WEBHOOK_SECRET} must be at least 32 characters")
     return value.encode()

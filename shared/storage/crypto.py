@@ -4,16 +4,25 @@ A sealed value reads ``v1.<kid>.<base64url(nonce || ciphertext || tag)>``. The k
 of the ring opens it; the first key of the ring seals. The associated data binds a ciphertext to
 ``(table, partition key, row key, field)``, so one copied into another row or field fails to open.
 Messages name kids, never keys.
+
+``MessageSeals`` authenticates messages that travel outside the tables (queue messages): an
+HMAC-SHA256 tag ``s1.<kid>.<base64url(tag)>`` under a key derived from a ring key with HKDF, so
+no key is ever used both as an AES key and as an HMAC key, and a tag made for one purpose never
+verifies for another. The kid lets a rotated ring still verify what an older key sealed.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
 from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from shared.foundation.errors import DecryptionError
 from shared.foundation.secret import Secret
@@ -32,6 +41,7 @@ class KeyRing:
         if not keys:
             raise ValueError("a key ring needs at least one key")
         self._ciphers = {kid: AESGCM(key) for kid, key in keys}
+        self._keys = dict(keys)
         self.primary = keys[0][0]
         self.kids = tuple(kid for kid, _ in keys)
 
@@ -63,6 +73,14 @@ class KeyRing:
     def needs_reseal(self, token: str) -> bool:
         return kid_of(token) != self.primary
 
+    def derive(self, purpose: str) -> dict[str, bytes]:
+        """A 256-bit key per kid for ``purpose``, by HKDF-SHA256 (RFC 5869) from the ring's keys."""
+        info = f"keysteward/{purpose}".encode()
+        return {
+            kid: HKDF(algorithm=SHA256(), length=32, salt=None, info=info).derive(key)
+            for kid, key in self._keys.items()
+        }
+
 
 def kid_of(token: str) -> str:
     parts = token.split(".", 2)
@@ -92,3 +110,40 @@ class SealedSecret(Secret):
     def reusable_for(self, aad: bytes) -> bool:
         """Whether the stored ciphertext can be written back unchanged at ``aad``."""
         return aad == self._aad and not self._ring.needs_reseal(self.token)
+
+
+_SEAL_VERSION = "s1"
+
+
+class MessageSeals:
+    """HMAC-SHA256 seals for one kind of message, keyed by the ring (the first key seals)."""
+
+    def __init__(self, ring: KeyRing, purpose: str) -> None:
+        self._keys = ring.derive(purpose)
+        self._primary = ring.primary
+
+    def __repr__(self) -> str:
+        return f"MessageSeals(kids={tuple(self._keys)!r})"
+
+    def seal(self, content: bytes) -> str:
+        tag = hmac.new(self._keys[self._primary], content, hashlib.sha256).digest()
+        return f"{_SEAL_VERSION}.{self._primary}.{base64.urlsafe_b64encode(tag).decode('ascii')}"
+
+    def problem(self, seal: object, content: bytes) -> str | None:
+        """None when ``seal`` is a valid seal over ``content``, else why not (no key material)."""
+        if seal is None:
+            return "unsealed"
+        parts = seal.split(".") if isinstance(seal, str) else []
+        if len(parts) != 3 or parts[0] != _SEAL_VERSION:
+            return "malformed seal"
+        key = self._keys.get(parts[1])
+        if key is None:
+            return "sealed under a key not in the ring"
+        expected = hmac.new(key, content, hashlib.sha256).digest()
+        try:
+            given = base64.urlsafe_b64decode(parts[2].encode("ascii"))
+        except (ValueError, UnicodeEncodeError):
+            return "malformed seal"
+        if not hmac.compare_digest(given, expected):
+            return "seal does not match the message"
+        return None

@@ -1,10 +1,12 @@
 """Lifecycle events: CloudEvents 1.0 (structured JSON) on the ``lifecycle-events`` queue.
 
 When a webhook is configured, each event is also queued for delivery on ``webhook-deliveries``
-(``{"event": <event>, "attempt": 1}``); ``trail.webhooks`` signs and POSTs it from there, so a
-slow or dead receiver never delays the action that raised the event. Messages are encoded as the
-Functions host expects (``storage.clients.encode_message``). Event data goes through the audit
-trail's redaction: nothing secret leaves in an event.
+(``{"event": <event>, "attempt": 1, "seal": <seal>}``); ``trail.webhooks`` signs and POSTs it from
+there, so a slow or dead receiver never delays the action that raised the event. The seal
+(``storage.crypto.MessageSeals``, under the key ring) is what makes a delivery genuine: whoever can
+write to the queue cannot make one, so the sender signs only what this publisher sealed. Messages
+are encoded as the Functions host expects (``storage.clients.encode_message``). Event data goes
+through the audit trail's redaction: nothing secret leaves in an event.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from shared.foundation.clock import Clock
 from shared.foundation.redaction import check_identifier, redact
 from shared.foundation.version import VERSION
 from shared.storage.clients import encode_message
+from shared.storage.crypto import MessageSeals
 
 log = logging.getLogger(__name__)
 
 LIFECYCLE_QUEUE = "lifecycle-events"
 WEBHOOK_QUEUE = "webhook-deliveries"
+SEAL_PURPOSE = WEBHOOK_QUEUE  # the HKDF purpose of delivery seals
 
 CONNECTION_CREATED = "keysteward.connection.created"
 CONNECTION_RECOVERED = "keysteward.connection.recovered"
@@ -74,8 +78,16 @@ _READ_TIMEOUT = 10
 
 class EventPublisher:
     def __init__(
-        self, queues: QueueServiceClient, clock: Clock, source: str, webhook_enabled: bool
+        self,
+        queues: QueueServiceClient,
+        clock: Clock,
+        source: str,
+        webhook_enabled: bool,
+        seals: MessageSeals | None = None,
     ) -> None:
+        if webhook_enabled and seals is None:
+            raise ValueError("webhook deliveries must be sealed: pass the key ring's seals")
+        self._seals = seals
         self._queues = queues
         self._clock = clock
         self.source = source
@@ -109,8 +121,11 @@ class EventPublisher:
         if len(body.encode("utf-8")) > MAX_EVENT_BYTES:
             raise ValueError(f"event {type} is larger than {MAX_EVENT_BYTES} bytes of JSON")
         self._put(LIFECYCLE_QUEUE, body, event)
-        if self.webhook_enabled:
-            delivery = json.dumps({"event": event, "attempt": 1}, separators=(",", ":"))
+        if self._seals is not None and self.webhook_enabled:
+            seal = self._seals.seal(body.encode("utf-8"))
+            delivery = json.dumps(
+                {"event": event, "attempt": 1, "seal": seal}, separators=(",", ":")
+            )
             self._put(WEBHOOK_QUEUE, delivery, event)
         return event
 

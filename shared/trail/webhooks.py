@@ -3,8 +3,14 @@
 Signing follows Standard Webhooks (https://www.standardwebhooks.com): ``webhook-id`` (the event
 id, the same on every attempt, so receivers can drop duplicates), ``webhook-timestamp`` (unix
 seconds at send time) and ``webhook-signature: v1,<base64(HMAC-SHA256(secret,
-"{id}.{timestamp}.{body}"))>``. The HMAC key is the bytes of ``KEYSTEWARD_WEBHOOK_SECRET`` as
-configured (a Standard Webhooks library takes it as ``"whsec_" + base64(secret)``).
+"{id}.{timestamp}.{body}"))>``. The HMAC key is the secret's bytes: what follows ``whsec_``,
+base64-decoded, for a Standard Webhooks secret, else the UTF-8 bytes of the raw secret
+(``config.settings``).
+
+A queue message is not an identity: anyone who may write to ``webhook-deliveries`` could put an
+event there. Only a message whose seal (``storage.crypto.MessageSeals``, made by
+``trail.events``) verifies over its event is signed and sent; any other is dropped and audited
+(``webhook.dropped``), never retried.
 
 One ``webhook-deliveries`` message is one attempt. A failed attempt does not raise: it queues the
 next one with a visibility timeout of ``retry_base * 2**(attempt-1)`` seconds (capped at an hour,
@@ -35,6 +41,9 @@ from shared.foundation.clock import Clock
 from shared.foundation.errors import WebhookVerificationError
 from shared.foundation.version import VERSION
 from shared.storage.clients import encode_message
+from shared.storage.crypto import MessageSeals
+from shared.storage.tables.audit import AuditOutcome
+from shared.trail.audit import AuditLog
 from shared.trail.events import WEBHOOK_QUEUE
 
 log = logging.getLogger(__name__)
@@ -48,6 +57,8 @@ TIMEOUT = (5.0, 10.0)  # connect, read: a slow receiver costs one attempt, not t
 DELIVERED = "delivered"
 RETRY_SCHEDULED = "retry_scheduled"
 DEAD_LETTERED = "dead_lettered"
+DROPPED = "dropped"  # not sealed by Keysteward: audited, never delivered
+ACTOR = "system:webhooks"
 
 
 def sign(secret: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -103,6 +114,8 @@ class WebhookSender:
         session: requests.Session,
         clock: Clock,
         queues: QueueServiceClient,
+        seals: MessageSeals,
+        audit: AuditLog,
         retry_base_seconds: float,
         max_attempts: int,
     ) -> None:
@@ -115,6 +128,8 @@ class WebhookSender:
         self._session = session
         self._clock = clock
         self._queues = queues
+        self._seals = seals
+        self._audit = audit
         self.retry_base_seconds = retry_base_seconds
         self.max_attempts = max_attempts
         self._ready: set[str] = set()
@@ -123,20 +138,43 @@ class WebhookSender:
     def __repr__(self) -> str:
         return f"WebhookSender(max_attempts={self.max_attempts})"
 
-    def deliver(self, message: Mapping[str, object]) -> str:
+    def receive(self, raw: bytes, message_id: str) -> str:
+        """Handle a ``webhook-deliveries`` message as the queue trigger gets it (JSON bytes)."""
+        try:
+            message = json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return self._drop(None, "not JSON", message_id)
+        if not isinstance(message, dict):
+            return self._drop(None, "not a JSON object", message_id)
+        return self.deliver(message, message_id)
+
+    def deliver(self, message: Mapping[str, object], message_id: str | None = None) -> str:
         """Make one delivery attempt for a ``webhook-deliveries`` message.
 
-        Returns ``DELIVERED``, ``RETRY_SCHEDULED`` or ``DEAD_LETTERED``; a failed POST never
-        raises. Only a failure to queue the next attempt raises, so that the host retries this
-        message instead of losing the event.
+        Returns ``DELIVERED``, ``RETRY_SCHEDULED``, ``DEAD_LETTERED`` or ``DROPPED`` (no valid
+        seal: audited, nothing sent); a failed POST never raises. Only a failure to queue the next
+        attempt or to audit a drop raises, so that the host retries this message instead.
         """
+        claimed = message.get("event")
+        if not isinstance(claimed, dict):
+            return self._drop(message, "no event", message_id)
+        # The exact bytes the publisher sealed: JSON parsed and dumped again is byte-identical.
+        body = json.dumps(claimed, separators=(",", ":")).encode()
+        problem = self._seals.problem(message.get("seal"), body)
+        if problem is not None:
+            return self._drop(message, problem, message_id)
         event, attempt = _parse(message)
         if event is None:
             log.error("webhook delivery message is malformed; moved to %s", POISON_QUEUE)
             self._send(POISON_QUEUE, {"message": dict(message), "reason": "malformed"})
             return DEAD_LETTERED
+        return self._attempt(event, attempt, body)
+
+    def _attempt(self, event: Mapping[str, object], attempt: int, body: bytes) -> str:
+        """POST a genuine event; on failure queue the next attempt, or park it when none is left."""
+        seal = self._seals.seal(body)  # under the ring's first key, should it have rotated
         event_id, event_type = event["id"], event.get("type")
-        failure = self._post(str(event_id), json.dumps(event, separators=(",", ":")).encode())
+        failure = self._post(str(event_id), body)
         if failure is None:
             log.info("webhook delivered: event %s (%s), attempt %d", event_id, event_type, attempt)
             return DELIVERED
@@ -150,7 +188,8 @@ class WebhookSender:
                 failure,
                 POISON_QUEUE,
             )
-            self._send(POISON_QUEUE, {"event": event, "attempt": attempt, "reason": failure})
+            poisoned = {"event": event, "attempt": attempt, "reason": failure, "seal": seal}
+            self._send(POISON_QUEUE, poisoned)
             return DEAD_LETTERED
         delay = self.backoff(attempt)
         log.warning(
@@ -162,8 +201,29 @@ class WebhookSender:
             failure,
             delay,
         )
-        self._send(WEBHOOK_QUEUE, {"event": event, "attempt": attempt + 1}, delay=delay)
+        retry = {"event": event, "attempt": attempt + 1, "seal": seal}
+        self._send(WEBHOOK_QUEUE, retry, delay=delay)
         return RETRY_SCHEDULED
+
+    def _drop(
+        self, message: Mapping[str, object] | None, reason: str, message_id: str | None
+    ) -> str:
+        """Audit and forget a message Keysteward did not seal (its claims are bounded, redacted)."""
+        detail: dict[str, object] = {"reason": reason, "queue": WEBHOOK_QUEUE}
+        claimed = message.get("event") if message is not None else None
+        if isinstance(claimed, dict):
+            for name in ("id", "type"):
+                if isinstance(claimed.get(name), str):
+                    detail[f"event_{name}"] = claimed[name][:100]
+        seal = message.get("seal") if message is not None else None
+        if isinstance(seal, str) and seal.count(".") == 2:
+            detail["kid"] = seal.split(".")[1][:32]
+        subject = f"message:{message_id}" if message_id else f"queue:{WEBHOOK_QUEUE}"
+        self._audit.record(
+            ACTOR, "webhook.dropped", subject, outcome=AuditOutcome.FAILURE, detail=detail
+        )
+        log.error("%s message %s dropped, not delivered: %s", WEBHOOK_QUEUE, message_id, reason)
+        return DROPPED
 
     def backoff(self, attempt: int) -> int:
         """Whole seconds to wait after failed ``attempt`` (queue visibility is in seconds)."""
