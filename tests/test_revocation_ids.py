@@ -13,6 +13,7 @@ import requests
 from shared.lifecycle.revocation_requests import QUEUE
 from shared.storage.clients import decode_message, encode_message
 from shared.storage.store import Row
+from shared.storage.tables.revocations import QUEUE_OWNER, Revocation, storage_key
 from tests.peers.processes import wait_until
 from tests.peers.world import World
 from tests.test_revocation import connected, finished, queue, request
@@ -151,13 +152,15 @@ def test_a_forged_hand_off_cannot_create_a_request_for_a_key(world: World) -> No
     assert "it names no request accepted over HTTP" in reasons
 
 
-def legacy_row(world: World, request_id: str, requested_by: str, user: str) -> None:
+def legacy_row(
+    world: World, request_id: str, requested_by: str, user: str, status: str = "completed"
+) -> None:
     """A request row as stored before ids had owners: PartitionKey the bare id."""
     now = datetime.now(UTC)
     world.store.upsert("Revocations", Row(request_id, "request", {
-        "status": "completed", "reason": "old", "requested_by": requested_by,
-        "created_at": now, "updated_at": now, "completed_at": now, "app": APP,
-        "user_id": user, "total": 0,
+        "status": status, "reason": "old", "requested_by": requested_by,
+        "created_at": now, "updated_at": now, "app": APP, "user_id": user, "total": 0,
+        **({"completed_at": now} if status == "completed" else {}),
     }))  # fmt: skip
 
 
@@ -177,3 +180,16 @@ def test_rows_stored_before_owners_stay_readable_by_their_owner(world: World) ->
     assert again.status_code == 202
     assert len(world.audit("revocation:ids-old-key", "revocation.requested")) == 0
     assert request(world, key, app=APP, request_id="ids-old-key").status_code == 409
+
+
+def test_a_hand_off_queued_before_owners_resumes_its_keys_old_row(world: World) -> None:
+    user = "ids-inflight@x"
+    connected(world, APP, user)
+    key = world.key(["connections:revoke"], [f"{APP}/*"])
+    legacy_row(world, "ids-inflight", f"key:{key_id(key)}", user, status="pending")
+    # What the HTTP path queued before owners: the documented fields, the key as requested_by.
+    send(world, {"request_id": "ids-inflight", "app": APP, "user_id": user, "reason": "old",
+                 "requested_by": f"key:{key_id(key)}"})  # fmt: skip
+    done = finished_as(world, key, "ids-inflight")
+    assert [o["user_id"] for o in done["outcomes"]] == [user]
+    assert world.store.read(Revocation, storage_key(QUEUE_OWNER, "ids-inflight"), "request") is None
