@@ -33,7 +33,7 @@ from shared.foundation.secret import Secret
 from shared.lifecycle.revocation_requests import COMPLETED, CONCURRENCY, WITH_FAILURES
 from shared.storage.tablekeys import encode_key
 from shared.storage.tables.connections import Connection, ConnectionStore, Status
-from shared.storage.tables.revocations import Outcome, Revocation
+from shared.storage.tables.revocations import Outcome, Revocation, storage_key
 from tests.peers.world import World
 
 APP = "pagerduty-incidents"
@@ -118,7 +118,9 @@ def seed(world: World, count: int) -> list[str]:
 def wait_finished(world: World, request_id: str) -> Revocation | None:
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
-        record = world.store.read(Revocation, request_id, "request")
+        # Stored under its owner, the benchmark's key (ks_<id>_<secret>).
+        owner = f"key:{world.admin_key.split('_')[1]}"
+        record = world.store.read(Revocation, storage_key(owner, request_id), "request")
         if record is not None and record.status in (COMPLETED, WITH_FAILURES):
             return record
         time.sleep(POLL)
@@ -138,7 +140,7 @@ def collect(world: World, result: Result, record: Revocation, users: list[str]) 
         world.store.select(
             Outcome,
             "PartitionKey eq @pk and RowKey ne @request",
-            {"pk": encode_key(record.id), "request": "request"},
+            {"pk": encode_key(record.key), "request": "request"},
         )
     )
     for outcome in outcomes:

@@ -12,11 +12,17 @@ from functions._blueprint import blueprint
 from functions._http import endpoint, json_response, read_json
 from shared.access import globs
 from shared.access.api_keys import Principal
-from shared.foundation.errors import Forbidden, InputError, NotFound
-from shared.lifecycle.revocation_requests import QUEUE, RevocationRequest
-from shared.runtime import get_runtime
+from shared.foundation.errors import Conflict, Forbidden, InputError, NotFound
+from shared.lifecycle.revocation_requests import (
+    QUEUE,
+    QUEUE_ACTOR,
+    Handoff,
+    RevocationRequest,
+    parse_message,
+)
+from shared.runtime import Runtime, get_runtime
 from shared.storage.tables.audit import AuditOutcome
-from shared.storage.tables.revocations import Revocation
+from shared.storage.tables.revocations import QUEUE_OWNER, Revocation
 
 bp = blueprint()
 log = logging.getLogger("keysteward.revocation")
@@ -42,8 +48,9 @@ def request_revocation(req: func.HttpRequest, principal: Principal) -> func.Http
     request = RevocationRequest.parse({**body, "requested_by": principal.actor})
     _require_cover(principal, request.app, request.user_id)
     revoker = runtime.revoker
-    record = revoker.accept(request, fallback_id=revoker.new_id())
-    revoker.submit(request, record.id)
+    # The id is this key's: another key's, or the queue's, same id is another request.
+    record = revoker.accept(request, owner=principal.actor, fallback_id=revoker.new_id())
+    revoker.submit(record)
     return json_response({"id": record.id, "status_url": revoker.status_url(record.id)}, 202)
 
 
@@ -52,7 +59,9 @@ def request_revocation(req: func.HttpRequest, principal: Principal) -> func.Http
 @authorized(SCOPE)
 def get_revocation(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
     revoker = get_runtime().revoker
-    record, outcomes = revoker.get(req.route_params["id"])
+    # A key reads its own ids; a `*` key (which reads every audit row anyway) also the queue's.
+    owners = [principal.actor] + ([QUEUE_OWNER] if globs.within("*", principal.resources) else [])
+    record, outcomes = revoker.get(req.route_params["id"], owners)
     try:
         _require_cover(principal, record.app, record.user_id)
     except Forbidden:
@@ -101,16 +110,41 @@ def process_revocation(msg: func.QueueMessage) -> None:
     runtime = get_runtime()
     raw = msg.get_body()
     try:
-        request = RevocationRequest.parse(json.loads(raw))
+        message = parse_message(json.loads(raw))
     except (ValueError, InputError) as exc:
         # Malformed: audited and parked on the poison queue now; retrying cannot fix it.
-        reason = exc.message if isinstance(exc, InputError) else "not JSON"
-        runtime.audit.record("system:revocation", "revocation.malformed", f"message:{msg.id}",
-                             outcome=AuditOutcome.FAILURE, detail={"reason": reason})  # fmt: skip
-        runtime.revoker.park(raw.decode("utf-8", "replace"))
-        log.error("revocation-requests: malformed message %s parked (%s)", msg.id, reason)
+        _park(runtime, msg, exc.message if isinstance(exc, InputError) else "not JSON")
         return
-    # A message without a request_id is known by its queue id (stable across redeliveries).
-    record: Revocation = runtime.revoker.accept(request, fallback_id=msg.id or raw.hex())
+    record: Revocation | None
+    if isinstance(message, Handoff):
+        record = runtime.revoker.handed_off(message)
+        if record is None:
+            _park(runtime, msg, "it names no request accepted over HTTP")
+            return
+    else:
+        try:
+            # Without a request_id it is known by its queue id (stable across redeliveries).
+            record = runtime.revoker.accept(message, owner=QUEUE_OWNER,
+                                            fallback_id=msg.id or raw.hex())  # fmt: skip
+        except Conflict as exc:
+            # The queue's own id, reused for another target: no retry changes that.
+            subject = f"revocation:{message.request_id or msg.id}"
+            _park(runtime, msg, exc.message, action="revocation.conflict", subject=subject)
+            return
     done = runtime.revoker.run(record)
     log.info("revocation %s: %s (%d credentials)", done.id, done.status, done.total)
+
+
+def _park(
+    runtime: Runtime,
+    msg: func.QueueMessage,
+    reason: str,
+    *,
+    action: str = "revocation.malformed",
+    subject: str | None = None,
+) -> None:
+    runtime.audit.record(QUEUE_ACTOR, action, subject or f"message:{msg.id}",
+                         outcome=AuditOutcome.FAILURE,
+                         detail={"reason": reason, "message": msg.id})  # fmt: skip
+    runtime.revoker.park(msg.get_body().decode("utf-8", "replace"))
+    log.error("revocation-requests: message %s parked (%s: %s)", msg.id, action, reason)

@@ -19,8 +19,9 @@ from azure.storage.queue import QueueServiceClient
 from shared.foundation.secret import Secret
 from shared.lifecycle.revocation_requests import QUEUE
 from shared.storage.clients import decode_message, encode_message
+from shared.storage.tablekeys import encode_key
 from shared.storage.tables.connections import Connection, ConnectionStore, Status
-from shared.storage.tables.revocations import Outcome, PendingRevocation
+from shared.storage.tables.revocations import QUEUE_OWNER, Outcome, PendingRevocation, storage_key
 from tests.peers.processes import ROOT, kill, spawn, wait_until
 from tests.peers.world import SECRETS, World
 
@@ -258,7 +259,7 @@ runtime = Runtime.build(Settings.from_env(os.environ))
 runtime.revoker._concurrency = 2
 request = RevocationRequest.parse({"request_id": sys.argv[1], "app": "pagerduty-incidents",
                                    "reason": "load", "requested_by": "test"})
-runtime.revoker.run(runtime.revoker.accept(request, fallback_id="x"))
+runtime.revoker.run(runtime.revoker.accept(request, owner="queue", fallback_id="x"))
 """
 
 
@@ -272,7 +273,9 @@ def test_two_hundred_connections_survive_a_worker_killed_half_way(
 
     def outcomes() -> int:
         rows = world.store.select(
-            Outcome, "PartitionKey eq @pk and RowKey ne @r", {"pk": "bulk-1", "r": "request"}
+            Outcome,
+            "PartitionKey eq @pk and RowKey ne @r",
+            {"pk": encode_key(storage_key(QUEUE_OWNER, "bulk-1")), "r": "request"},
         )
         return sum(1 for _ in rows)
 

@@ -1,12 +1,15 @@
 """Revocation requests, by user, by app, or both: accepted once, run idempotently, reported.
 
 A request (from the ``revocation-requests`` queue or ``POST /api/revocations``) is recorded once
-under its id (a redelivered message finds its record), selects connections by user
-(``ConnectionsByUser``), by app (the app's ``Connections`` partition) or both (one point read),
-and revokes them with bounded concurrency in two phases: every selected credential's local copies
-first (``credential_revocation``), so nothing the request covers is served again before the
-first, slower upstream call goes out; then upstream. The record ends ``completed`` or
-``completed_with_failures`` and ``revocation.completed`` is announced once.
+under its owner and id (a redelivered message finds its record): the owner is the API key that
+asked (``key:<id>``) or ``queue`` for a producer's message, so an id one principal chose never
+blocks or reveals another's. Rows stored before owners, under the bare id, are read in place
+(their owner is the ``key:`` in ``requested_by``, else the queue) and never moved. A request
+selects connections by user (``ConnectionsByUser``), by app (the app's ``Connections`` partition)
+or both (one point read), and revokes them with bounded concurrency in two phases: every selected
+credential's local copies first (``credential_revocation``), so nothing the request covers is
+served again before the first, slower upstream call goes out; then upstream. The record ends
+``completed`` or ``completed_with_failures`` and ``revocation.completed`` is announced once.
 
 Every step reads what is stored before acting, so a redelivered message (or a worker killed half
 way) resumes where the stored state says and finishes the job.
@@ -42,14 +45,17 @@ from shared.storage.tablekeys import encode_key
 from shared.storage.tables.audit import AuditOutcome
 from shared.storage.tables.connections import Connection, ConnectionStore
 from shared.storage.tables.revocations import (
+    QUEUE_OWNER,
     Outcome,
     Revocation,
     RevocationStatus,
+    storage_key,
 )
 from shared.trail.audit import AuditLog
 from shared.trail.events import REVOCATION_COMPLETED, EventPublisher
 
 QUEUE = "revocation-requests"
+QUEUE_ACTOR = "queue:revocations"  # the queue authenticates no producer: its claim is detail
 CONCURRENCY = 8
 MAX_REASON = 500
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -94,6 +100,34 @@ class RevocationRequest:
         )
 
 
+@dataclass(frozen=True)
+class Handoff:
+    """Keysteward's own message for a request accepted over HTTP: whose it is and its id. It only
+    resumes that stored request; it can never create one, so a producer cannot forge a key's."""
+
+    owner: str
+    request_id: str
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> Handoff:
+        owner = inputs.text(body, "owner", limit=200)
+        request_id = inputs.text(body, "request_id", limit=64)
+        if not _REQUEST_ID.match(request_id):
+            raise InputError("'request_id' is letters, digits and . _ : - (at most 64)")
+        return cls(owner, request_id)
+
+
+def parse_message(body: Any) -> RevocationRequest | Handoff:
+    """A producer's request, or (with ``owner``, which producers never send) a hand-off."""
+    body = inputs.require_object(body, "a revocation request")
+    return Handoff.parse(body) if "owner" in body else RevocationRequest.parse(body)
+
+
+def actor_of(owner: str) -> str:
+    """Who the audit trail says acted: the key, or the queue (never a producer's claim)."""
+    return QUEUE_ACTOR if owner == QUEUE_OWNER else owner
+
+
 class Revoker:
     def __init__(
         self,
@@ -125,39 +159,64 @@ class Revoker:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def accept(self, request: RevocationRequest, *, fallback_id: str) -> Revocation:
-        """The request's record, created once (a redelivered message finds it)."""
+    def accept(self, request: RevocationRequest, *, owner: str, fallback_id: str) -> Revocation:
+        """The request's record under ``owner``, created once (a redelivered message finds it)."""
         request_id = request.request_id or _derived_id(fallback_id)
         # Recorded as the user was first named, so every spelling is one request for one user.
         user_id = self._user_ids.resolve(request.user_id) if request.user_id else None
-        existing = self._store.read(Revocation, request_id, "request")
+        target = (request.app, user_id)
+        existing = self._own(owner, request_id)
+        if existing is None and owner == QUEUE_OWNER:
+            old = self._queued_before_owners(request_id, request.requested_by)
+            existing = old if old is not None and (old.app, old.user_id) == target else None
         if existing is not None:
-            if (existing.app, existing.user_id) != (request.app, user_id):
+            if (existing.app, existing.user_id) != target:
                 raise Conflict(f"request_id '{request_id}' names another revocation already")
             return existing
         now = self._clock.now()
         record = Revocation(
-            id=request_id, status=PENDING, reason=request.reason,
-            requested_by=request.requested_by, created_at=now, updated_at=now,
-            app=request.app, user_id=user_id,
+            key=storage_key(owner, request_id), id=request_id, owner=owner, status=PENDING,
+            reason=request.reason, requested_by=request.requested_by, created_at=now,
+            updated_at=now, app=request.app, user_id=user_id,
         )  # fmt: skip
         try:
             self._store.create(record)
         except AlreadyExists:
-            found = self._store.read(Revocation, request_id, "request")
+            found = self._store.read(Revocation, record.key, "request")
             assert found is not None
             return found
-        self._audit.record(
-            request.requested_by, "revocation.requested", f"revocation:{request_id}",
-            detail={"app": request.app, "user_id": user_id, "reason": request.reason},
-        )  # fmt: skip
+        detail = {"app": request.app, "user_id": user_id, "reason": request.reason, "owner": owner}
+        if owner == QUEUE_OWNER:
+            detail["claimed_by"] = request.requested_by
+        self._audit.record(actor_of(owner), "revocation.requested", f"revocation:{request_id}",
+                           detail=detail)  # fmt: skip
         return record
 
-    def submit(self, request: RevocationRequest, request_id: str) -> None:
-        """Queue an accepted request for the worker, under the id its record was made with."""
-        message = {"request_id": request_id, "app": request.app, "user_id": request.user_id,
-                   "reason": request.reason, "requested_by": request.requested_by}  # fmt: skip
+    def _own(self, owner: str, request_id: str) -> Revocation | None:
+        """``owner``'s request ``request_id``: under its key, else a row stored before owners
+        that is the owner's."""
+        found = self._store.read(Revocation, storage_key(owner, request_id), "request")
+        if found is None:
+            found = self._store.read(Revocation, request_id, "request")
+            found = found if found is not None and found.owner == owner else None
+        return found
+
+    def _queued_before_owners(self, request_id: str, requested_by: str) -> Revocation | None:
+        """A key's row stored before owners, whose hand-off (queued then, without an owner) names
+        the key in ``requested_by``: that request, resumed by the redelivered message."""
+        old = self._store.read(Revocation, request_id, "request")
+        if old is None or old.owner == QUEUE_OWNER or old.owner != requested_by:
+            return None
+        return old
+
+    def submit(self, record: Revocation) -> None:
+        """Hand an accepted request to the worker: its owner and id, nothing to trust beyond."""
+        message = {"owner": record.owner, "request_id": record.id}
         send(self._queues, QUEUE, json.dumps(message))
+
+    def handed_off(self, handoff: Handoff) -> Revocation | None:
+        """The accepted request a hand-off names, or None: a hand-off never creates one."""
+        return self._own(handoff.owner, handoff.request_id)
 
     def park(self, raw: str) -> None:
         """A message no retry can fix goes to the poison queue at once, for an operator."""
@@ -166,15 +225,20 @@ class Revoker:
     def new_id(self) -> str:
         return f"rv-{uuid.uuid4().hex}"
 
-    def get(self, request_id: str) -> tuple[Revocation, list[Outcome]]:
-        record = self._store.read(Revocation, request_id, "request") if request_id else None
+    def get(self, request_id: str, owners: list[str]) -> tuple[Revocation, list[Outcome]]:
+        """The first of ``owners`` that has a request ``request_id``, and its outcomes."""
+        record = None
+        for owner in owners if request_id else []:
+            record = self._own(owner, request_id)
+            if record is not None:
+                break
         if record is None:
             raise NotFound(f"no revocation request '{request_id}'")
         outcomes = list(
             self._store.select(
                 Outcome,
                 "PartitionKey eq @pk and RowKey ne @request",
-                {"pk": encode_key(request_id), "request": "request"},
+                {"pk": encode_key(record.key), "request": "request"},
             )
         )
         return record, outcomes
@@ -190,15 +254,15 @@ class Revoker:
         # Two phases: nothing this request covers is served again before the first (slower)
         # upstream call goes out.
         with ThreadPoolExecutor(max_workers=self._concurrency) as pool:
-            wiped = list(pool.map(lambda c: self.credentials.local_phase(c, record.id), selected))
-            groups = pool.map(lambda w: self.credentials.upstream_phase(w, record.id), wiped)
+            wiped = list(pool.map(lambda c: self.credentials.local_phase(c, record.key), selected))
+            groups = pool.map(lambda w: self.credentials.upstream_phase(w, record.key), wiped)
             outcomes = [outcome for group in groups for outcome in group]
         failed = sum(1 for o in outcomes if o.upstream == REVOKE_FAILED)
         return self._finish(record, outcomes, failed)
 
     def _finish(self, record: Revocation, outcomes: list[Outcome], failed: int) -> Revocation:
         def attempt() -> tuple[Revocation, bool]:
-            latest = self._store.read(Revocation, record.id, "request") or record
+            latest = self._store.read(Revocation, record.key, "request") or record
             if latest.status in (COMPLETED, WITH_FAILURES):
                 return latest, False  # another delivery finished it (and announced it)
             latest.status = WITH_FAILURES if failed else COMPLETED
@@ -209,7 +273,7 @@ class Revoker:
         if not finished:
             return latest
         data = {
-            "id": latest.id, "status": latest.status, "app": latest.app,
+            "id": latest.id, "owner": latest.owner, "status": latest.status, "app": latest.app,
             "user_id": latest.user_id, "total": len(outcomes), "revoke_failed": failed,
             "not_supported": sum(1 for o in outcomes if o.upstream == NOT_SUPPORTED),
         }  # fmt: skip
@@ -223,7 +287,7 @@ class Revoker:
         """Mark the request running over ``total`` credentials (a finished one stays finished)."""
 
         def attempt() -> Revocation:
-            latest = self._store.read(Revocation, record.id, "request") or record
+            latest = self._store.read(Revocation, record.key, "request") or record
             if latest.status in (COMPLETED, WITH_FAILURES):
                 return latest
             latest.status, latest.total, latest.updated_at = RUNNING, total, self._clock.now()

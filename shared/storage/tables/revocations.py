@@ -1,6 +1,6 @@
-"""``Revocations`` (a request: PartitionKey the request id, RowKey ``request``; and one outcome row
-per credential in the same partition) and ``PendingRevocations`` (PartitionKey app, RowKey user:
-the sealed tokens still to revoke upstream, deleted when done)."""
+"""``Revocations`` (a request: PartitionKey ``<owner>/<request id>``, RowKey ``request``; and one
+outcome row per credential in the same partition) and ``PendingRevocations`` (PartitionKey app,
+RowKey user: the sealed tokens still to revoke upstream, deleted when done)."""
 
 from __future__ import annotations
 
@@ -41,22 +41,46 @@ class PendingState(enum.StrEnum):
     REVOKE_FAILED = "revoke_failed"
 
 
+QUEUE_OWNER = "queue"
+
+
+def storage_key(owner: str, request_id: str) -> str:
+    """Where a request is stored: under its owner, so two principals' ids never meet. ``/`` is in
+    no request id, so no such key is ever a bare id (the key of a row stored before owners)."""
+    return f"{owner}/{request_id}"
+
+
+def legacy_owner(requested_by: str) -> str:
+    """Whose a row stored before owners is: ``requested_by`` was the key's actor over HTTP and the
+    producer's claim on the queue, so only ``key:`` names a key."""
+    return requested_by if requested_by.startswith("key:") else QUEUE_OWNER
+
+
 @dataclass
 class Revocation(Entity):
+    """A request. ``owner`` is ``key:<id>`` (over HTTP) or ``queue`` (a producer's message); the id
+    is the owner's, and ``requested_by`` on the queue is the producer's unverified claim."""
+
     TABLE = "Revocations"
-    PARTITION = "id"
+    PARTITION = "key"
     ROW = "kind"
-    id: str
+    key: str
     status: RevocationStatus
     reason: str
     requested_by: str
     created_at: datetime
     updated_at: datetime
+    id: str = ""  # empty on a row stored before owners: its key is its id
+    owner: str = ""
     app: str | None = None
     user_id: str | None = None
     completed_at: datetime | None = None
     total: int = 0
     kind: str = "request"
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            self.id, self.owner = self.key, self.owner or legacy_owner(self.requested_by)
 
     def public(self, outcomes: list[Outcome], status_url: str) -> dict[str, Any]:
         return {
@@ -66,6 +90,7 @@ class Revocation(Entity):
             "app": self.app,
             "user_id": self.user_id,
             "reason": self.reason,
+            "owner": self.owner,
             "requested_by": self.requested_by,
             "created_at": self.created_at.isoformat(),
             "completed_at": self.completed_at.isoformat() if self.completed_at else None,
