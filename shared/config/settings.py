@@ -120,21 +120,13 @@ class Settings:
             value = env.get(name, "").strip()
             return value or None
 
-        public_url = get(PUBLIC_URL)
-        if public_url is None and get(WEBSITE_HOSTNAME):
-            public_url = f"https://{get(WEBSITE_HOSTNAME)}"
-        if public_url is None:
-            raise SettingsError(
-                f"{PUBLIC_URL} is not set: the URL users reach Keysteward at "
-                "(for example https://keysteward.contoso.com)"
-            )
         raw_webhook = get(WEBHOOK_URL)
         webhook_url = _url(WEBHOOK_URL, raw_webhook) if raw_webhook else None
         webhook_secret = _webhook_secret(get(WEBHOOK_SECRET), webhook_url is not None)
         return cls(
             storage=_storage(env),
             encryption_keys=_key_ring(get(ENCRYPTION_KEYS)),
-            public_url=_url(PUBLIC_URL, public_url).rstrip("/"),
+            public_url=_public_url(get(PUBLIC_URL), get(WEBSITE_HOSTNAME)),
             apps_file=Path(get(APPS_FILE) or "apps.yaml"),
             allowed_return_urls=tuple(
                 _return_url(u.strip())
@@ -179,6 +171,17 @@ def get_settings() -> Settings:
         if _cached is None:
             _cached = Settings.from_env(os.environ)
         return _cached
+
+
+def _public_url(value: str | None, website_hostname: str | None) -> str:
+    if value is None and website_hostname:
+        value = f"https://{website_hostname}"
+    if value is None:
+        raise SettingsError(
+            f"{PUBLIC_URL} is not set: the URL users reach Keysteward at "
+            "(for example https://keysteward.contoso.com)"
+        )
+    return _url(PUBLIC_URL, value).rstrip("/")
 
 
 def _storage(env: Mapping[str, str]) -> StorageSettings:
