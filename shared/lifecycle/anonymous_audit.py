@@ -2,10 +2,11 @@
 anyone could have caused it.
 
 The callback and the link URL answer anyone. A refusal that needs no state or link to exist (no
-state, an unknown one, an unknown link) is junk anyone can send as fast as they like: a row each
-let 200 requests write 200 rows in 3.5 s. Those are counted, one row per app, cause and minute
-(``AuditLog.count``). A refusal about a state or link that exists keeps its own row with its
-detail: there are only as many as there are sign-ins, each started through an API key.
+state, an unknown one, an unknown link), or that leaves its state unspent (a wrong browser, a
+wrong app), is something anyone can send as fast as they like: a row each let 200 requests write
+200 rows in 3.5 s. Those are counted, one row per app, cause and minute (``AuditLog.count``). A
+refusal that spends its state (expired, replayed, a refused code, another account) keeps its own
+row with its detail: there are only as many as there are sign-ins.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from shared.trail.audit import AuditLog
 
 ACTOR = "user:browser"
 FAILED = "connection.connect_failed"
-# Causes that need nothing stored to exist: whoever sends them, as often as they like.
-ANONYMOUS = frozenset({"missing_state", "unknown_state", "unknown_link"})
+# Causes anyone can send as often as they like: they need nothing stored to exist, or they leave
+# the state unspent (a wrong browser or app must not stop the right one from finishing), so one
+# authorize URL fetched without a browser would otherwise buy a row per request for ten minutes.
+ANONYMOUS = frozenset({"missing_state", "unknown_state", "unknown_link", "wrong_browser",
+                       "wrong_app"})  # fmt: skip
 
 
 class ConnectFailures:
