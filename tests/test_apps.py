@@ -178,3 +178,17 @@ def test_an_http_public_url_is_fine_without_a_legacy_azure_devops_app(
     env = {**app_env, **ENV, "KEYSTEWARD_APPS_FILE": str(apps_file),
            "KEYSTEWARD_PUBLIC_URL": "http://keysteward.contoso.com"}  # fmt: skip
     assert "pd" in apps.load(Settings.from_env(env))
+
+
+def test_a_client_secret_left_as_a_key_vault_reference_is_refused() -> None:
+    """The app's secret setting still holds App Service's unresolved reference (issue 19)."""
+    env = {
+        **ENV,
+        "PD_SECRET": "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/pd/)",
+    }
+    with pytest.raises(SettingsError) as caught:
+        apps.parse({"apps": {"pd": PAGERDUTY}}, env)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "${PD_SECRET}" in message
+    assert "unresolved Key Vault reference" in message

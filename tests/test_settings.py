@@ -170,3 +170,30 @@ def test_every_setting_is_documented() -> None:
     documented = (ROOT / "docs" / "configuration.md").read_text()
     for name in (*s.KEYSTEWARD_SETTINGS, *s.TEST_SETTINGS, s.STORAGE):
         assert f"`{name}`" in documented, name
+
+
+REFERENCE = (
+    "@Microsoft.KeyVault(SecretUri=https://kv-keysteward.vault.azure.net/secrets/"
+    "keysteward-webhook-secret/)"
+)
+
+
+@pytest.mark.parametrize(
+    "name", [s.ENCRYPTION_KEYS, s.WEBHOOK_SECRET, s.STORAGE, s.PUBLIC_URL, s.APPS_FILE]
+)
+@pytest.mark.parametrize(
+    "reference",
+    [REFERENCE, "@Microsoft.KeyVault(VaultName=kv;SecretName=s)", " @microsoft.keyvault (x)"],
+    ids=["secret-uri", "vault-name", "spaced-lower-case"],
+)
+def test_an_unresolved_key_vault_reference_is_refused_in_one_line(
+    name: str, reference: str
+) -> None:
+    """App Service leaves a reference as its text until it resolves it (issue 19, point 1): an
+    unresolved webhook secret is ~75 characters and passed the 32-character minimum."""
+    with pytest.raises(SettingsError) as caught:
+        load(**{name: reference}, KEYSTEWARD_WEBHOOK_URL="https://hooks.example")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{name} is an unresolved Key Vault reference")
+    assert "refresh" in message

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from shared.config.catalogue import Provider, providers
-from shared.config.settings import APPS_FILE, PUBLIC_URL, Settings
+from shared.config.settings import APPS_FILE, PUBLIC_URL, Settings, refuse_unresolved
 from shared.foundation.errors import NotFound, SettingsError
 from shared.foundation.secret import Secret
 
@@ -233,6 +233,7 @@ def _secret(reference: str, env: Mapping[str, str], where: str) -> Secret:
     value = env.get(match.group(1), "")
     if not value:
         raise SettingsError(f"{where}: 'client_secret' refers to ${{{match.group(1)}}}, not set")
+    refuse_unresolved(f"{where}: 'client_secret' ${{{match.group(1)}}}", value)
     return Secret(value)
 
 
@@ -289,6 +290,7 @@ def _resolve(value: str, env: Mapping[str, str], where: str) -> str:
     resolved = env.get(match.group(1), "")
     if not resolved:
         raise SettingsError(f"{where} refers to ${{{match.group(1)}}}, which is not set")
+    refuse_unresolved(f"{where} ${{{match.group(1)}}}", resolved)
     return resolved
 
 

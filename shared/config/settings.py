@@ -120,6 +120,9 @@ class Settings:
             value = env.get(name, "").strip()
             return value or None
 
+        for name in (STORAGE, *KEYSTEWARD_SETTINGS):
+            refuse_unresolved(name, env.get(name, ""))
+
         raw_webhook = get(WEBHOOK_URL)
         webhook_url = _url(WEBHOOK_URL, raw_webhook) if raw_webhook else None
         webhook_secret = _webhook_secret(get(WEBHOOK_SECRET), webhook_url is not None)
@@ -171,6 +174,22 @@ def get_settings() -> Settings:
         if _cached is None:
             _cached = Settings.from_env(os.environ)
         return _cached
+
+
+# App Service leaves a Key Vault reference as its literal text until it can resolve it (the secret
+# does not exist yet, or the identity cannot read it): such a value must never become a key ring,
+# a connection string or a signing secret (a reference is longer than the 32-character minimum).
+_KEY_VAULT_REFERENCE = re.compile(r"^\s*@Microsoft\.KeyVault\s*\(", re.IGNORECASE)
+
+
+def refuse_unresolved(name: str, value: str) -> None:
+    """``SettingsError`` when ``value`` is an App Service Key Vault reference left unresolved."""
+    if _KEY_VAULT_REFERENCE.match(value):
+        raise SettingsError(
+            f"{name} is an unresolved Key Vault reference ({value.strip()[:90]}): create the "
+            "secret and let the app's identity read it, then refresh the app's Key Vault "
+            "references and restart it (docs/deploy.md)"
+        )
 
 
 def _public_url(value: str | None, website_hostname: str | None) -> str:
