@@ -15,7 +15,6 @@ reference), never a literal. Everything is validated at start-up; errors name th
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from shared.config.catalogue import Provider, providers
 from shared.config.settings import APPS_FILE, PUBLIC_URL, Settings, refuse_unresolved
 from shared.foundation.errors import NotFound, SettingsError
 from shared.foundation.secret import Secret
+from shared.foundation.urls import loopback_host
 
 APP_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 _REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
@@ -130,7 +130,9 @@ def _redirects_reachable(apps: Apps, settings: Settings, source: str) -> None:
     whose fake of Azure DevOps takes loopback http, may say otherwise (``TEST_HTTP_LOOPBACK``)."""
     public_url = settings.public_url
     parts = urlsplit(public_url)
-    if parts.scheme == "https" or (settings.test_http_loopback and _loopback(parts.hostname or "")):
+    if parts.scheme == "https" or (
+        settings.test_http_loopback and loopback_host(parts.hostname or "")
+    ):
         return
     for app in apps.all():
         if app.provider.driver == "azure-devops-oauth":
@@ -138,15 +140,6 @@ def _redirects_reachable(apps: Apps, settings: Settings, source: str) -> None:
                 f"{source}: app '{app.id}': legacy Azure DevOps OAuth accepts only an https "
                 f"redirect URI, but {PUBLIC_URL} is '{public_url}': serve Keysteward over https"
             )
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse(data: Any, env: Mapping[str, str], source: str = "apps.yaml") -> Apps:

@@ -8,6 +8,7 @@ characters, and user names or passwords before the host.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from ada_url import URL
@@ -44,3 +45,13 @@ def browser_url(raw: str, what: str = "'return_to'") -> str:
     if url.username or url.password:
         raise InputError(f"{what} must not carry a user name or password")
     return str(url.href)
+
+
+def loopback_host(host: str) -> bool:
+    """Whether ``host`` (a URL's hostname) names this machine: localhost or a loopback address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

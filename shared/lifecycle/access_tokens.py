@@ -147,13 +147,18 @@ class Tokens:
         ttl = timedelta(seconds=app.provider.refresh_margin if min_ttl is None else min_ttl)
         connection = self._connections.get(app_id, user_id)
         check_servable(connection)
+        return self._serve(app, connection, ttl, asked_at, force=force_refresh)
+
+    def _serve(
+        self, app: App, connection: Connection, ttl: timedelta, asked_at: datetime, *, force: bool
+    ) -> AccessToken:
         cooldown = self._cooldown
         # Judged after the read: a slow read must not hand out a token that expired meanwhile.
-        if satisfies(connection, self._clock.now(), ttl, force=force_refresh, cooldown=cooldown):
+        if satisfies(connection, self._clock.now(), ttl, force=force, cooldown=cooldown):
             return token_of(connection)
         if connection.next_attempt_at and connection.next_attempt_at > asked_at:
-            return self._backing_off(connection, asked_at, ttl, force=force_refresh)
-        return self._refresh(app, connection, Ask(ttl, asked_at, force_refresh, cooldown))
+            return self._backing_off(connection, asked_at, ttl, force=force)
+        return self._refresh(app, connection, Ask(ttl, asked_at, force, cooldown))
 
     def rejected(self, app_id: str, user_id: str, token_sha256: str, *, actor: str) -> AccessToken:
         """A caller says the provider refused a token (named by its SHA-256, never the token).
@@ -164,11 +169,12 @@ class Tokens:
         connection = self._connections.get(app_id, user_id)
         check_servable(connection)
         current = is_current(connection, token_sha256)
+        ttl = timedelta(seconds=app.provider.refresh_margin)
         try:
             token = (
                 self._replace(app, connection, token_sha256, asked_at)
                 if current
-                else self.token(app_id, user_id)
+                else self._serve(app, connection, ttl, asked_at, force=False)
             )
         except KeystewardError as exc:
             self._audit.record(actor, "token.rejected", connection.resource,

@@ -11,7 +11,6 @@ the test failed.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import tempfile
 from collections.abc import Iterator
@@ -21,6 +20,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from playwright.sync_api import BrowserContext, Page, Route, sync_playwright
+
+from shared.foundation.urls import loopback_host
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package `chromium`
 CHROMIUM_ARGS = (
@@ -50,13 +51,7 @@ def chromium_missing() -> str | None:
 
 
 def is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return loopback_host(urlsplit(url).hostname or "")
 
 
 @dataclass
